@@ -1,0 +1,3 @@
+from ctlake.cli import main
+
+raise SystemExit(main())
