@@ -1,0 +1,1 @@
+"""Local services (Kafka, MLflow, Elasticsearch, Spark standalone) and the JVM artefacts they need."""
