@@ -1,0 +1,1 @@
+"""Table schemas (one source of truth), Delta read/write helpers."""

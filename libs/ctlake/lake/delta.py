@@ -1,0 +1,70 @@
+"""Delta read/write helpers used by every job: idempotent MERGE on the table's key, versions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ctlake.config import Config
+from ctlake.lake.schemas import table as table_decl
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: str
+    path: str
+    version: int
+    rows: int
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def version(spark: SparkSession, path: str) -> int:
+    """The latest committed version of the Delta table at ``path`` (-1 if there is none)."""
+    from delta.tables import DeltaTable
+
+    if not exists(spark, path):
+        return -1
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+
+
+def read(spark: SparkSession, cfg: Config, name: str, *, as_of: int | None = None) -> DataFrame:
+    reader = spark.read.format("delta")
+    if as_of is not None:
+        reader = reader.option("versionAsOf", as_of)
+    return reader.load(cfg.table_path(name))
+
+
+def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
+          mode: Literal["merge", "insert_new", "append"] = "merge") -> WriteResult:
+    """Write ``df`` to the declared table ``name``.
+
+    ``merge`` upserts on the table's key (update matched, insert new); ``insert_new`` only inserts
+    rows whose key is absent (a replay adds nothing); ``append`` appends. The frame is cast to the
+    declared schema first, so a writer cannot silently change a table's columns.
+    """
+    from delta.tables import DeltaTable
+
+    decl = table_decl(name)
+    path = cfg.table_path(name)
+    df = df.select([df[f.name].cast(f.dataType).alias(f.name) for f in decl.schema.fields])
+    rows = df.count()
+    if not exists(spark, path):
+        (DeltaTable.createIfNotExists(spark).location(path).addColumns(decl.schema)
+         .partitionedBy(*decl.partition_by).execute())
+    if mode == "append":
+        df.write.format("delta").mode("append").save(path)
+    else:
+        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in decl.key)
+        merge = DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), cond)
+        if mode == "merge":
+            merge = merge.whenMatchedUpdateAll()
+        merge.whenNotMatchedInsertAll().execute()
+    return WriteResult(name, path, version(spark, path), rows)
