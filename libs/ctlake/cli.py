@@ -1,0 +1,157 @@
+"""``ctlake …`` sub-commands. Each parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ctlake import __version__
+from ctlake.errors import CtlakeError
+
+
+def _say(msg: str) -> None:
+    print(f"[ctlake] {msg}", file=sys.stderr, flush=True)
+
+
+def _config(args: argparse.Namespace):
+    from ctlake.config import load_config
+
+    return load_config(args.profile)
+
+
+# --- infra -------------------------------------------------------------------------------
+def cmd_infra(args: argparse.Namespace) -> int:
+    from ctlake.infra import services
+
+    cfg = _config(args)
+    if args.action == "prepare":
+        services.prepare(cfg, args.services, progress=_say)
+        return 0
+    if args.action == "up":
+        services.up(cfg, args.services, progress=_say)
+        _print_status(services.status(cfg, args.services or list(services.DEFAULT_SERVICES)))
+    elif args.action == "down":
+        services.down(cfg, args.services, purge=args.purge)
+        _say("stopped" + (" and purged" if args.purge else ""))
+    else:
+        states = services.status(cfg, args.services)
+        _print_status(states)
+        wanted = args.services or list(services.DEFAULT_SERVICES)
+        return 0 if all(s.healthy for s in states if s.name in wanted) else 3
+    return 0
+
+
+def _print_status(states) -> None:
+    print(f"{'service':<15}{'state':<10}{'pid':<18}endpoint")
+    for s in states:
+        state = "healthy" if s.healthy else ("starting" if s.running else s.detail or "stopped")
+        pids = ",".join(map(str, s.pids)) or "-"
+        print(f"{s.name:<15}{state:<10}{pids:<18}{s.endpoint}")
+
+
+# --- synth -------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ctlake.synth import SynthConfig, generate_cohort
+
+    cfg = SynthConfig(patients=args.patients, seed=args.seed, size=args.size, slices=args.slices,
+                      edge_cases=tuple(args.edge_case or ()))
+
+    def progress(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        print(f"\r[ctlake] synth [{'#' * filled}{'.' * (width - filled)}] {done}/{total} patients",
+              end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    manifest = generate_cohort(Path(args.out), cfg, progress=None if args.quiet else progress,
+                               overwrite=args.overwrite)
+    n_files = sum(len(s.files) for s in manifest.series)
+    _say(f"wrote {len(manifest.series)} series ({n_files} files) and {len(manifest.annotations)} "
+         f"nodules to {args.out} (annotations.csv, manifest.json)")
+    return 0
+
+
+# --- config ------------------------------------------------------------------------------
+def cmd_config(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    cfg = _config(args)
+    tree = dataclasses.asdict(cfg)
+    tree["project_root"] = str(cfg.project_root)
+    tree["resolved"] = {"lake_root": cfg.lake_root, "state_dir": str(cfg.state_dir)}
+    print(json.dumps(tree, indent=2, default=str))
+    return 0
+
+
+# --- demo --------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ctlake.demo import run_demo
+
+    summary = run_demo(_config(args), patients=args.patients, progress=_say)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctlake",
+        description="ctlake: an open lakehouse for chest CT (DICOM → Delta → radiomics → 3D CNNs).",
+    )
+    parser.add_argument("--version", action="version", version=f"ctlake {__version__}")
+    parser.add_argument("--profile", default=None,
+                        help="config profile in conf/ (default: $CTLAKE_PROFILE or 'local')")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("infra", help="start, stop or report the local services",
+                       description="Start, stop or report the local services on 127.0.0.1 "
+                                   "(default: kafka, mlflow, elasticsearch; 'spark' starts a "
+                                   "standalone master with two workers on request).")
+    p.add_argument("action", choices=["up", "down", "status", "prepare"],
+                   help="prepare = fetch jars and build launchers without starting anything")
+    p.add_argument("services", nargs="*", metavar="SERVICE",
+                   help="kafka, mlflow, elasticsearch, spark (default: kafka mlflow elasticsearch; "
+                        "'down'/'status' without names act on all)")
+    p.add_argument("--purge", action="store_true", help="with 'down': delete the services' data too")
+    p.set_defaults(func=cmd_infra)
+
+    p = sub.add_parser("synth", help="generate a synthetic chest CT cohort (DICOM + annotations)",
+                       description="Write a deterministic synthetic chest CT cohort: DICOM series, "
+                                   "a LUNA16-style annotations.csv and a manifest.json.")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--patients", type=int, default=4, help="number of patients (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=64, help="rows = columns per slice (default 64; 512 for real size)")
+    p.add_argument("--slices", type=int, default=None, help="slices per series (default: cover the chest)")
+    p.add_argument("--edge-case", action="append", metavar="NAME",
+                   help="plant an edge case (repeatable): missing_slice, duplicate_slice, gantry_tilt, "
+                        "uneven_spacing, compressed, non_ct, truncated, corrupt, phi, burned_in")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier cohort in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("config", help="print the resolved configuration of a profile")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo on the local services")
+    p.add_argument("--patients", type=int, default=3, help="synthetic patients (default 3)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CtlakeError as exc:
+        print(f"ctlake: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
