@@ -84,6 +84,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- spark-conf ------------------------------------------------------------------------------
+def cmd_spark_conf(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ctlake.spark import spark_conf, submit_args
+
+    cfg = _config(args)
+    if args.format == "json":
+        print(json.dumps(spark_conf(cfg), indent=2))
+    else:
+        print(" ".join(shlex.quote(a) for a in submit_args(cfg)))
+    return 0
+
+
 # --- demo --------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from ctlake.demo import run_demo
@@ -133,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved configuration of a profile")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("spark-conf", help="print the profile's Spark settings (spark-submit arguments or JSON)",
+                       description="Print the Spark settings ctlake applies for the profile, as "
+                                   "spark-submit arguments (default) or JSON. Example: "
+                                   "spark-submit $(ctlake --profile cluster spark-conf) --py-files "
+                                   "dist/ctlake-0.1.0-py3-none-any.whl jobs/demo.py")
+    p.add_argument("--format", choices=["submit", "json"], default="submit")
+    p.set_defaults(func=cmd_spark_conf)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the local services")
     p.add_argument("--patients", type=int, default=3, help="synthetic patients (default 3)")

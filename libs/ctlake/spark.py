@@ -47,11 +47,28 @@ def spark_conf(cfg: Config, *, app_name: str | None = None) -> dict[str, str]:
     return conf
 
 
+def submitted_by_spark_submit() -> bool:
+    """True when this Python process was launched by spark-submit (the JVM is already up)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def submit_args(cfg: Config, *, app_name: str | None = None) -> list[str]:
+    """spark-submit arguments equivalent to :func:`spark_conf` for ``cfg``."""
+    conf = spark_conf(cfg, app_name=app_name)
+    args = ["--master", conf.pop("spark.master"), "--jars", conf.pop("spark.jars"),
+            "--driver-memory", conf.pop("spark.driver.memory")]
+    conf.pop("spark.pyspark.python", None)
+    conf.pop("spark.pyspark.driver.python", None)
+    for key, value in conf.items():
+        args += ["--conf", f"{key}={value}"]
+    return args
+
+
 def get_spark(cfg: Config | None = None, *, app_name: str | None = None,
               extra_conf: dict[str, str] | None = None) -> SparkSession:
     """Return the active SparkSession or build one from the profile.
 
-    Sets JAVA_HOME to a Java 17 (Spark 4.0 fails on newer JDKs) and SPARK_LOCAL_IP in the local
+    Under spark-submit the command line's master, memory and jars are kept. Sets JAVA_HOME to a Java 17 (Spark 4.0 fails on newer JDKs) and SPARK_LOCAL_IP in the local
     profile before the JVM starts. ``extra_conf`` wins over the profile.
     """
     cfg = cfg or load_config()
@@ -60,12 +77,20 @@ def get_spark(cfg: Config | None = None, *, app_name: str | None = None,
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    conf = {**spark_conf(cfg, app_name=app_name), **(extra_conf or {})}
+    if submitted_by_spark_submit():
+        # spark-submit already chose master, memory and jars (see `ctlake spark-conf`): the
+        # profile must not override the command line.
+        for key in ("spark.master", "spark.driver.memory", "spark.jars",
+                    "spark.pyspark.python", "spark.pyspark.driver.python"):
+            if not (extra_conf and key in extra_conf):
+                conf.pop(key, None)
     os.environ["JAVA_HOME"] = str(java_home())
     if cfg.spark.local_ip:
         os.environ.setdefault("SPARK_LOCAL_IP", cfg.spark.local_ip)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
-    for key, value in {**spark_conf(cfg, app_name=app_name), **(extra_conf or {})}.items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
