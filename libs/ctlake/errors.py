@@ -35,3 +35,23 @@ class SetupError(CtlakeError):
     """A build or download step (Maven jars, Java, wheels) failed."""
 
     code = "SETUP_ERROR"
+
+
+class DicomError(CtlakeError):
+    """A DICOM file or byte string cannot be read, parsed or decoded.
+
+    ``code`` says why, for ``bronze.quarantine.error_code``: NOT_DICOM, TRUNCATED,
+    MISSING_PIXEL_DATA, UNSUPPORTED_TRANSFER_SYNTAX, PIXEL_DECODE_FAILED, BAD_VALUE, ...
+    """
+
+    code = "DICOM_INVALID"
+
+
+class DeidentificationRefused(CtlakeError):
+    """An instance that must not enter the lake: burned-in annotation, an uncleared secondary
+    capture / screen save, or identifying values that remain after de-identification.
+
+    ``code``: BURNED_IN_ANNOTATION, SECONDARY_CAPTURE, PHI_REMAINS, NOT_DEIDENTIFIED, ...
+    """
+
+    code = "DEID_REFUSED"

@@ -68,7 +68,8 @@ def get_spark(cfg: Config | None = None, *, app_name: str | None = None,
               extra_conf: dict[str, str] | None = None) -> SparkSession:
     """Return the active SparkSession or build one from the profile.
 
-    Under spark-submit the command line's master, memory and jars are kept. Sets JAVA_HOME to a Java 17 (Spark 4.0 fails on newer JDKs) and SPARK_LOCAL_IP in the local
+    Under spark-submit the command line's master, memory and jars are kept. Sets JAVA_HOME
+    to a Java 17 (Spark 4.0 fails on newer JDKs) and SPARK_LOCAL_IP in the local
     profile before the JVM starts. ``extra_conf`` wins over the profile.
     """
     cfg = cfg or load_config()
