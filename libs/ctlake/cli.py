@@ -72,6 +72,69 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- ingest / deid -----------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.action == "send":
+        from ctlake.ingest.producer import send
+
+        rep = send(cfg, Path(args.source), topic=args.topic, deidentify=not args.no_deidentify,
+                   progress=not args.quiet)
+        print(json.dumps(rep.to_dict()))
+        return 0
+    from ctlake.ingest import bronze
+    from ctlake.spark import get_spark
+
+    spark = get_spark(cfg, app_name=f"ctlake-ingest-{args.action}")
+    if args.action == "folder":
+        if not args.source:
+            raise CtlakeError("ingest folder needs a DIR", code="USAGE")
+        summary = bronze.ingest_folder(spark, cfg, str(Path(args.source).resolve()),
+                                       deidentify=not args.no_deidentify)
+        print(json.dumps(summary))
+    else:
+        bronze.stream(spark, cfg, topic=args.topic, available_now=not args.continuous,
+                      processing_time=args.trigger, timeout_s=args.timeout)
+    return 0
+
+
+def cmd_deid(args: argparse.Namespace) -> int:
+    from ctlake.dicom.deid import DeidProfile, deidentify_bytes
+    from ctlake.ingest.keys import site_key
+    from ctlake.ingest.sources import SourceFile, iter_source
+
+    cfg = _config(args)
+    profile = DeidProfile(site_key=site_key(cfg))
+    out = Path(args.out)
+    done = refused = 0
+    for item in iter_source(Path(args.source), max_file_bytes=cfg.ingest.max_file_bytes):
+        if not isinstance(item, SourceFile):
+            _say(f"skipped (too large): {item.relpath}")
+            refused += 1
+            continue
+        try:
+            data, audit = deidentify_bytes(item.data, profile, allow_secondary=args.allow_secondary)
+        except CtlakeError as exc:
+            _say(f"refused [{exc.code}]: {item.relpath}: {exc}")
+            refused += 1
+            continue
+        target = out / f"{done:06d}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        if args.audit:
+            with open(args.audit, "a") as fh:
+                fh.write(json.dumps({"file": target.name, "audit": _audit_dict(audit)}) + "\n")
+        done += 1
+    _say(f"de-identified {done} files into {out}, refused {refused}")
+    return 0 if refused == 0 else 1
+
+
+def _audit_dict(audit) -> object:
+    import dataclasses
+
+    return dataclasses.asdict(audit) if dataclasses.is_dataclass(audit) else audit
+
+
 # --- config ------------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     import dataclasses
@@ -144,6 +207,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier cohort in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("ingest", help="DICOM → Kafka → bronze: send, stream, or ingest a folder",
+                       description="send: de-identify a folder or zip and publish it to Kafka. "
+                                   "stream: Kafka → bronze.dicom_instances / bronze.quarantine with a "
+                                   "checkpoint (drains and exits unless --continuous). folder: the same "
+                                   "as a batch job over a folder (Spark binaryFile), for users without Kafka.")
+    p.add_argument("action", choices=["send", "stream", "folder"])
+    p.add_argument("source", nargs="?", help="DIR or ZIP (send, folder)")
+    p.add_argument("--topic", default=None, help="Kafka topic (default: kafka.topic of the profile)")
+    p.add_argument("--no-deidentify", action="store_true",
+                   help="send/ingest files as they are (only for data de-identified elsewhere; "
+                        "the lake's gate still refuses anything identifying)")
+    p.add_argument("--continuous", action="store_true", help="stream: keep running (processing-time trigger)")
+    p.add_argument("--trigger", default="5 seconds", help="stream --continuous: trigger interval")
+    p.add_argument("--timeout", type=float, default=None, help="stream: stop after this many seconds")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("deid", help="de-identify DICOM files (PS3.15 basic profile, modified dates)",
+                       description="De-identify every file of a folder or zip into OUT with the site key "
+                                   "of the profile; refused files are reported, never copied.")
+    p.add_argument("source", help="DIR, ZIP or one file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--audit", help="append per-file audit records (tag, action; no values) to this JSONL file")
+    p.add_argument("--allow-secondary", action="store_true",
+                   help="an operator has cleared secondary captures / screen saves")
+    p.set_defaults(func=cmd_deid)
 
     p = sub.add_parser("config", help="print the resolved configuration of a profile")
     p.set_defaults(func=cmd_config)

@@ -89,6 +89,31 @@ class ElasticsearchConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    claim_check_bytes: int = 8 * 1024 * 1024
+    landing: str | None = None
+    checkpoint: str | None = None
+    max_offsets_per_trigger: int = 2000
+    max_file_bytes: int = 2 * 1024**3
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.claim_check_bytes <= 15 * 1024 * 1024:
+            raise ConfigError(
+                f"ingest.claim_check_bytes: {self.claim_check_bytes} must be in 1 KiB..15 MiB "
+                "(Kafka messages are capped at 16 MiB; bigger objects go by claim-check)")
+        if self.max_offsets_per_trigger < 1:
+            raise ConfigError("ingest.max_offsets_per_trigger: must be >= 1")
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    site_key_env: str = "CTLAKE_DEID_SITE_KEY"
+    site_key_file: str | None = None
+    generate_local_key: bool = False
+    allow_secondary: bool = False
+
+
+@dataclass(frozen=True)
 class KafkaServiceConfig:
     port: int = 9092
     controller_port: int = 9093
@@ -162,6 +187,8 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    deid: DeidConfig = field(default_factory=DeidConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
 
     @property
@@ -173,6 +200,18 @@ class Config:
     def state_dir(self) -> Path:
         """Folder for the local services' pids, logs and data."""
         return Path(_resolve_path(self.services.state_dir, self.project_root))
+
+    @property
+    def landing_root(self) -> str:
+        """Where claim-checked objects land: ``ingest.landing`` or ``<lake>/_landing``."""
+        return _resolve_path(self.ingest.landing, self.project_root) if self.ingest.landing else \
+            f"{self.lake_root.rstrip('/')}/_landing"
+
+    def checkpoint_path(self, name: str) -> str:
+        """Streaming checkpoint folder for ``name``: under ``ingest.checkpoint`` or ``<lake>/_checkpoints``."""
+        base = _resolve_path(self.ingest.checkpoint, self.project_root) if self.ingest.checkpoint else \
+            f"{self.lake_root.rstrip('/')}/_checkpoints"
+        return f"{base.rstrip('/')}/{name}"
 
     def table_path(self, table: str) -> str:
         """Location of a table such as ``bronze.dicom_instances``: ``<lake>/bronze/dicom_instances``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -43,12 +45,14 @@ def read(spark: SparkSession, cfg: Config, name: str, *, as_of: int | None = Non
 
 
 def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
-          mode: Literal["merge", "insert_new", "append"] = "merge") -> WriteResult:
+          mode: Literal["merge", "insert_new", "append"] = "merge", retries: int = 8) -> WriteResult:
     """Write ``df`` to the declared table ``name``.
 
     ``merge`` upserts on the table's key (update matched, insert new); ``insert_new`` only inserts
-    rows whose key is absent (a replay adds nothing); ``append`` appends. The frame is cast to the
-    declared schema first, so a writer cannot silently change a table's columns.
+    rows whose key is absent (a replay adds nothing); ``append`` appends. A MERGE that loses a
+    race with another writer is retried (it is idempotent), up to ``retries`` times with backoff.
+    The frame is cast to the declared schema first, so a writer cannot silently change a table's
+    columns.
     """
     from delta.tables import DeltaTable
 
@@ -56,15 +60,38 @@ def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
     path = cfg.table_path(name)
     df = df.select([df[f.name].cast(f.dataType).alias(f.name) for f in decl.schema.fields])
     rows = df.count()
-    if not exists(spark, path):
-        (DeltaTable.createIfNotExists(spark).location(path).addColumns(decl.schema)
-         .partitionedBy(*decl.partition_by).execute())
+    for attempt in range(retries + 1):
+        if exists(spark, path):
+            break
+        try:
+            (DeltaTable.createIfNotExists(spark).location(path).addColumns(decl.schema)
+             .partitionedBy(*decl.partition_by).execute())
+        except Exception as exc:  # noqa: BLE001 - two writers creating the table at once
+            if attempt == retries or not _is_write_conflict(exc):
+                raise
+            time.sleep(0.2 * (1 + random.random()))  # noqa: S311
     if mode == "append":
         df.write.format("delta").mode("append").save(path)
-    else:
-        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in decl.key)
+        return WriteResult(name, path, version(spark, path), rows)
+    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in decl.key)
+    for attempt in range(retries + 1):
         merge = DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), cond)
         if mode == "merge":
             merge = merge.whenMatchedUpdateAll()
-        merge.whenNotMatchedInsertAll().execute()
+        try:
+            merge.whenNotMatchedInsertAll().execute()
+            break
+        except Exception as exc:  # noqa: BLE001 - only Delta's write conflicts are retried
+            if attempt == retries or not _is_write_conflict(exc):
+                raise
+            time.sleep(min(8.0, 0.25 * 2**attempt) * (1 + random.random()))  # noqa: S311
     return WriteResult(name, path, version(spark, path), rows)
+
+
+def _is_write_conflict(exc: BaseException) -> bool:
+    """Delta's optimistic-concurrency conflicts (another writer committed first): safe to retry
+    an idempotent MERGE."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(k in text for k in ("ConcurrentAppend", "ConcurrentDeleteRead", "ConcurrentDeleteDelete",
+                                   "ConcurrentTransaction", "ProtocolChanged", "MetadataChanged",
+                                   "DELTA_CONCURRENT", "FileAlreadyExists"))

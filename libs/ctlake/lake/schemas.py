@@ -35,6 +35,66 @@ PIPELINE_RUNS = T.StructType([
     T.StructField("profile", T.StringType(), True),
 ])
 
+# --- bronze --------------------------------------------------------------------------------
+_SOURCE_FIELDS = [
+    T.StructField("source_kind", T.StringType(), False),          # kafka | file
+    T.StructField("source_topic", T.StringType(), True),
+    T.StructField("source_partition", T.IntegerType(), True),
+    T.StructField("source_offset", T.LongType(), True),
+    T.StructField("source_ref", T.StringType(), True),            # keyed hash of the edge path (paths can carry PHI)
+    T.StructField("ingest_run_id", T.StringType(), False),
+    T.StructField("ingested_at", T.TimestampType(), False),
+]
+
+DICOM_INSTANCES = T.StructType([
+    T.StructField("sop_instance_uid", T.StringType(), False),
+    T.StructField("series_instance_uid", T.StringType(), True),
+    T.StructField("study_instance_uid", T.StringType(), True),
+    T.StructField("patient_pseudo_id", T.StringType(), True),
+    T.StructField("sop_class_uid", T.StringType(), True),
+    T.StructField("modality", T.StringType(), True),
+    T.StructField("instance_number", T.LongType(), True),
+    T.StructField("rows", T.IntegerType(), True),
+    T.StructField("columns", T.IntegerType(), True),
+    T.StructField("number_of_frames", T.IntegerType(), True),
+    T.StructField("pixel_spacing_mm", T.ArrayType(T.DoubleType()), True),          # (row, col)
+    T.StructField("slice_thickness_mm", T.DoubleType(), True),
+    T.StructField("image_position_patient_mm", T.ArrayType(T.DoubleType()), True),  # (x, y, z) LPS
+    T.StructField("image_orientation_patient", T.ArrayType(T.DoubleType()), True),  # row then column cosines
+    T.StructField("rescale_slope", T.DoubleType(), True),
+    T.StructField("rescale_intercept", T.DoubleType(), True),
+    T.StructField("manufacturer", T.StringType(), True),
+    T.StructField("manufacturer_model_name", T.StringType(), True),
+    T.StructField("convolution_kernel", T.StringType(), True),
+    T.StructField("kvp", T.DoubleType(), True),
+    T.StructField("transfer_syntax_uid", T.StringType(), True),
+    T.StructField("study_date", T.DateType(), True),                               # shifted per patient
+    T.StructField("series_date", T.DateType(), True),
+    T.StructField("header_json", T.StringType(), False),                           # DICOM JSON model, no bulk data
+    T.StructField("dicom_bytes", T.BinaryType(), True),                            # de-identified Part-10 bytes ...
+    T.StructField("claim_check_uri", T.StringType(), True),                        # ... or where they are
+    T.StructField("content_sha256", T.StringType(), False),
+    T.StructField("size_bytes", T.LongType(), False),
+    T.StructField("deid_profile", T.StringType(), True),
+    *_SOURCE_FIELDS,
+])
+
+QUARANTINE = T.StructType([
+    # sha256 of (content or source ref, stage, code): a replay adds nothing
+    T.StructField("quarantine_id", T.StringType(), False),
+    T.StructField("stage", T.StringType(), False),           # edge | parse | deid_gate | decode | claim_check
+    T.StructField("error_code", T.StringType(), False),
+    T.StructField("error_message", T.StringType(), False),
+    T.StructField("content_sha256", T.StringType(), True),
+    T.StructField("size_bytes", T.LongType(), True),
+    # Bytes are kept only when they passed the de-identification gate; otherwise they may carry
+    # PHI and stay at the source (topic/offset or the edge's report names them).
+    T.StructField("dicom_bytes", T.BinaryType(), True),
+    T.StructField("claim_check_uri", T.StringType(), True),
+    T.StructField("bytes_withheld_reason", T.StringType(), True),
+    *_SOURCE_FIELDS,
+])
+
 DEMO_COHORT = T.StructType([
     T.StructField("series_instance_uid", T.StringType(), False),
     T.StructField("patient_id", T.StringType(), False),
@@ -49,6 +109,10 @@ DEMO_COHORT = T.StructType([
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
+        Table("bronze.dicom_instances", DICOM_INSTANCES, key=("sop_instance_uid",),
+              description="one row per de-identified DICOM instance; the same instance twice is one row"),
+        Table("bronze.quarantine", QUARANTINE, key=("quarantine_id",),
+              description="everything that could not be taken, with stage, code and message"),
         Table("ops.pipeline_runs", PIPELINE_RUNS, key=("run_id",),
               description="one row per job run: inputs' Delta versions, rows in/out, status, duration"),
         Table("ops.demo_cohort", DEMO_COHORT, key=("series_instance_uid",),

@@ -1,0 +1,245 @@
+"""Spark glue for ingestion: Kafka stream or folder → bronze.dicom_instances / bronze.quarantine.
+
+The decision per record is :func:`ctlake.ingest.parse.process_record` (pure); here it runs inside
+``mapInPandas`` and the two outcomes are MERGEd on their keys (insert-only), so a replayed
+micro-batch, a restarted driver or an overlapping folder adds nothing twice. Each micro-batch or
+batch run appends one ``ops.pipeline_runs`` row, keyed so that a replay rewrites the same row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ctlake.config import Config
+from ctlake.lake import delta
+from ctlake.lake.schemas import DICOM_INSTANCES, PIPELINE_RUNS, QUARANTINE
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+
+BRONZE = "bronze.dicom_instances"
+QUARANTINE_TABLE = "bronze.quarantine"
+# Rows per Arrow batch into the Python workers: DICOM instances are large (up to 8 MiB inline).
+ARROW_RECORDS_PER_BATCH = 64
+# Transfer syntaxes that may be lossy: when two copies of one instance arrive, the other one wins.
+LOSSY_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                  "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203")
+
+
+def _union_schema():
+    from pyspark.sql import types as T
+
+    fields = {"target": T.StructField("target", T.StringType(), False)}
+    for f in [*DICOM_INSTANCES.fields, *QUARANTINE.fields]:
+        fields.setdefault(f.name, T.StructField(f.name, f.dataType, True))
+    return T.StructType(list(fields.values()))
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _relpath(path: str, base: str) -> str:
+    path = path.removeprefix("file://").removeprefix("file:")
+    return path[len(base):].lstrip("/") if base and path.startswith(base) else path
+
+
+def _process_frames(frames: Iterator[pd.DataFrame], *, run_id: str, kind: str, key: bytes | None,
+                    deidentify: bool, allow_secondary: bool, names: list[str],
+                    base: str = "") -> Iterator[pd.DataFrame]:
+    """mapInPandas body: rows of (value/content, headers, source…) → union rows."""
+    import pandas as pd
+
+    from ctlake.dicom.deid import DeidProfile, deidentify_bytes
+    from ctlake.errors import CtlakeError
+    from ctlake.ingest.parse import Outcome, Record, process_record, quarantine_row
+    from ctlake.ingest.producer import read_claim_check, source_ref
+
+    profile = DeidProfile(site_key=key) if deidentify and key else None
+    for frame in frames:
+        out = []
+        now = _utcnow()
+        for row in frame.itertuples(index=False):
+            if kind == "kafka":
+                headers = {h["key"]: (bytes(h["value"]) if h["value"] is not None else b"")
+                           for h in (row.headers if row.headers is not None else [])}
+                rec = Record(data=bytes(row.value) if row.value is not None else None, headers=headers,
+                             source_kind="kafka", source_topic=row.topic, source_partition=int(row.partition),
+                             source_offset=int(row.offset))
+            else:
+                rel = _relpath(row.path, base)
+                ref = source_ref(rel, key) if key else hashlib.sha256(rel.encode()).hexdigest()[:32]
+                data = bytes(row.content) if row.content is not None else None
+                headers = {}
+                rec = Record(data=data, headers=headers, source_kind="file", source_ref=ref)
+                if profile is not None and data:
+                    try:
+                        data, _ = deidentify_bytes(data, profile, allow_secondary=allow_secondary)
+                        headers = {"ctlake-deid-profile": profile.version.encode()}
+                        rec = Record(data=data, headers=headers, source_kind="file", source_ref=ref)
+                    except CtlakeError as exc:
+                        out.append(Outcome(QUARANTINE_TABLE, quarantine_row(
+                            rec, stage="edge", code=exc.code, message=str(exc), run_id=run_id, now=now,
+                            sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                            withheld="refused by de-identification: the bytes stay at the source")))
+                        continue
+            out.append(process_record(rec, run_id=run_id, now=now, read_claim_check=read_claim_check))
+        rows = [{"target": o.table, **o.row} for o in out]
+        # object columns keep None as None (a NaN in an array or binary column breaks Arrow)
+        yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in names})
+
+
+def process_frame(df: DataFrame, *, run_id: str, kind: str, key: bytes | None = None,
+                  deidentify: bool = False, allow_secondary: bool = False, base: str = "") -> DataFrame:
+    """Apply the per-record decision to a Kafka (``kind='kafka'``) or binaryFile (``'file'``) frame."""
+    schema = _union_schema()
+    names = schema.fieldNames()
+
+    def fn(frames):
+        return _process_frames(frames, run_id=run_id, kind=kind, key=key, deidentify=deidentify,
+                               allow_secondary=allow_secondary, names=names, base=base)
+
+    return df.mapInPandas(fn, schema)
+
+
+def _conflicts_to_quarantine(df: DataFrame):
+    """Bronze candidates whose SOPInstanceUID is already taken by *different* bytes become
+    quarantine rows (stage ``dedupe``, code DUPLICATE_SOP_INSTANCE, bytes kept: they passed the
+    gate). Identical bytes are the same instance and are simply not written twice."""
+    from pyspark.sql import functions as F
+
+    qid = F.sha2(F.concat_ws("|", F.col("content_sha256"), F.lit("dedupe"), F.lit("DUPLICATE_SOP_INSTANCE")),
+                 256)
+    return df.select(
+        qid.alias("quarantine_id"), F.lit("dedupe").alias("stage"),
+        F.lit("DUPLICATE_SOP_INSTANCE").alias("error_code"),
+        F.concat(F.lit("SOPInstanceUID "), F.col("sop_instance_uid"),
+                 F.lit(" is already in bronze with other bytes (e.g. a lossy or transcoded copy)"))
+        .alias("error_message"),
+        "content_sha256", "size_bytes", "dicom_bytes", "claim_check_uri",
+        F.lit(None).cast("string").alias("bytes_withheld_reason"),
+        "source_kind", "source_topic", "source_partition", "source_offset", "source_ref",
+        "ingest_run_id", "ingested_at")
+
+
+def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> tuple[int, int, dict]:
+    """MERGE one batch's outcomes: bronze insert-only on sop_instance_uid, quarantine on its id.
+
+    Within the batch the first candidate per SOPInstanceUID wins (a possibly lossy transfer syntax
+    last, then by source offset/ref and sha256, so a replay picks the same one); candidates with
+    other bytes for a UID that is taken, in this batch or in the table, go to quarantine instead
+    of vanishing.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    processed = processed.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        candidates = processed.filter(F.col("target") == BRONZE) \
+            .select([f.name for f in DICOM_INSTANCES.fields])
+        order = Window.partitionBy("sop_instance_uid").orderBy(
+            F.col("transfer_syntax_uid").isin(*LOSSY_SYNTAXES).cast("int"), F.col("source_offset").asc_nulls_last(),
+            F.col("source_ref").asc_nulls_last(), "content_sha256")
+        ranked = candidates.withColumn("_rank", F.row_number().over(order)) \
+            .withColumn("_winner_sha", F.first("content_sha256").over(order))
+        winners = ranked.filter("_rank = 1").drop("_rank", "_winner_sha")
+        losers = ranked.filter("_rank > 1 AND content_sha256 <> _winner_sha").drop("_rank", "_winner_sha")
+        path = cfg.table_path(BRONZE)
+        if delta.exists(spark, path):
+            existing = spark.read.format("delta").load(path).select(
+                "sop_instance_uid", F.col("content_sha256").alias("_have_sha"))
+            clash = winners.join(existing, "sop_instance_uid").filter("content_sha256 <> _have_sha") \
+                .drop("_have_sha")
+            losers = losers.unionByName(clash)
+        quarantine = processed.filter(F.col("target") == QUARANTINE_TABLE) \
+            .select([f.name for f in QUARANTINE.fields]) \
+            .unionByName(_conflicts_to_quarantine(losers)).dropDuplicates(["quarantine_id"])
+        b = delta.write(spark, cfg, winners, BRONZE, mode="insert_new")
+        q = delta.write(spark, cfg, quarantine, QUARANTINE_TABLE, mode="insert_new")
+        return b.rows, q.rows, {BRONZE: b.version, QUARANTINE_TABLE: q.version}
+    finally:
+        processed.unpersist()
+
+
+def record_run(spark: SparkSession, cfg: Config, *, run_id: str, job: str, started: dt.datetime,
+               status: str, rows_in: int, rows_out: int, output_versions: dict, params: dict,
+               error: str | None = None) -> None:
+    ended = _utcnow()
+    row = [(run_id, job, status, started, ended, (ended - started).total_seconds(), rows_in, rows_out,
+            {}, output_versions, json.dumps(params, default=str), error, cfg.profile)]
+    delta.write(spark, cfg, spark.createDataFrame(row, PIPELINE_RUNS), "ops.pipeline_runs", mode="merge")
+
+
+def ingest_folder(spark: SparkSession, cfg: Config, folder: str, *, deidentify: bool = True,
+                  run_id: str | None = None) -> dict:
+    """Batch twin of the stream: every file under ``folder`` → bronze or quarantine."""
+    from ctlake.ingest.keys import site_key
+
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_RECORDS_PER_BATCH))
+    run_id = run_id or f"ingest_folder:{uuid.uuid4().hex}"
+    started = _utcnow()
+    key = site_key(cfg)
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder) \
+        .select("path", "content")
+    processed = process_frame(files, run_id=run_id, kind="file", key=key, deidentify=deidentify,
+                              allow_secondary=cfg.deid.allow_secondary, base=_strip_scheme(folder))
+    n_bronze, n_quarantine, versions = _write_outcomes(spark, cfg, processed)
+    rows_in = n_bronze + n_quarantine
+    record_run(spark, cfg, run_id=run_id, job="ingest_folder", started=started, status="succeeded",
+               rows_in=rows_in, rows_out=n_bronze, output_versions=versions,
+               params={"folder": "<redacted path>", "deidentify": deidentify})
+    return {"run_id": run_id, "files": rows_in, "bronze": n_bronze, "quarantine": n_quarantine, **versions}
+
+
+def _strip_scheme(path: str) -> str:
+    from pathlib import Path
+
+    return str(Path(path.removeprefix("file:")).resolve()) if "://" not in path else path
+
+
+def stream(spark: SparkSession, cfg: Config, *, topic: str | None = None, available_now: bool = True,
+           processing_time: str = "5 seconds", checkpoint: str | None = None, timeout_s: float | None = None):
+    """Kafka → bronze with a checkpoint. ``available_now`` drains what is there and returns."""
+    from ctlake.infra.kafka_admin import spark_options
+
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_RECORDS_PER_BATCH))
+    topic = topic or cfg.kafka.topic
+    checkpoint = checkpoint or cfg.checkpoint_path(f"ingest_stream/{topic}")
+    reader = spark.readStream.format("kafka").option("subscribe", topic) \
+        .option("startingOffsets", "earliest").option("includeHeaders", "true") \
+        .option("failOnDataLoss", "true").option("maxOffsetsPerTrigger", cfg.ingest.max_offsets_per_trigger)
+    for k, v in spark_options(cfg).items():
+        reader = reader.option(k, v)
+    source = reader.load().select("value", "headers", "topic", "partition", "offset")
+    # a stable id for this checkpoint, so a replayed batch id maps to the same pipeline_runs row
+    stream_id = hashlib.sha256(checkpoint.encode()).hexdigest()[:12]
+
+    def write_batch(batch_df: DataFrame, batch_id: int) -> None:
+        started = _utcnow()
+        run_id = f"ingest_stream:{stream_id}:{batch_id}"
+        t0 = time.monotonic()
+        processed = process_frame(batch_df, run_id=run_id, kind="kafka")
+        n_bronze, n_quarantine, versions = _write_outcomes(spark, cfg, processed)
+        record_run(spark, cfg, run_id=run_id, job="ingest_stream", started=started, status="succeeded",
+                   rows_in=n_bronze + n_quarantine, rows_out=n_bronze, output_versions=versions,
+                   params={"topic": topic, "batch_id": batch_id})
+        print(f"[ctlake] ingest batch {batch_id}: {n_bronze} to bronze, {n_quarantine} quarantined "
+              f"in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    writer = source.writeStream.foreachBatch(write_batch).option("checkpointLocation", checkpoint) \
+        .queryName(f"ctlake-ingest-{stream_id}")
+    writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=processing_time)
+    query = writer.start()
+    query.awaitTermination(timeout_s)
+    if query.exception() is not None:
+        raise query.exception()
+    return query
