@@ -40,7 +40,7 @@ def test_driver_killed_and_broker_restarted_nothing_lost_nothing_twice(cfg, kafk
     icfg = dataclasses.replace(cfg, lake=LakeConfig(root=lake))
     topic = f"ingest-kill-{uuid.uuid4().hex[:8]}"
     cohorts = []
-    for i in range(6):
+    for i in range(10):
         generate_cohort(tmp_path / f"c{i}", SynthConfig(patients=1, size=32, slices=10, seed=100 + i))
         cohorts.append(tmp_path / f"c{i}")
     digests: list[str] = []
@@ -50,12 +50,16 @@ def test_driver_killed_and_broker_restarted_nothing_lost_nothing_twice(cfg, kafk
         try:
             for c in cohorts:
                 digests.extend(send(icfg, c, topic=topic, progress=False).digests)
-                time.sleep(4)
+                time.sleep(10)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
     rng = random.Random(7)
-    log = open(tmp_path / "stream.log", "ab")  # noqa: SIM115
+    log_path = tmp_path / "stream.log"
+    log = open(log_path, "ab")  # noqa: SIM115
+
+    def batches_done() -> int:
+        return log_path.read_text(errors="replace").count("ingest batch")
     # the topic must exist before the first driver subscribes
     from ctlake.infra.kafka_admin import ensure_topic
 
@@ -66,8 +70,12 @@ def test_driver_killed_and_broker_restarted_nothing_lost_nothing_twice(cfg, kafk
     broker_restarted = False
     try:
         while kills < 5:
+            before = batches_done()
             proc = _start_stream(cfg, lake, topic, log)
-            time.sleep(rng.uniform(12, 25))
+            deadline = time.monotonic() + 120
+            while batches_done() == before and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.5)  # the driver is up and committing micro-batches ...
+            time.sleep(rng.uniform(0, 6))  # ... then it dies at a random point of its work
             if proc.poll() is not None:
                 pytest.fail(f"the stream exited early ({proc.returncode}); see {tmp_path / 'stream.log'}")
             os.killpg(proc.pid, signal.SIGKILL)
@@ -84,14 +92,14 @@ def test_driver_killed_and_broker_restarted_nothing_lost_nothing_twice(cfg, kafk
         log.close()
     assert broker_restarted and kills >= 5
     # the killed drivers did real work between kills (not only start-up)
-    assert (tmp_path / "stream.log").read_text(errors="replace").count("ingest batch") >= 3
+    assert batches_done() >= 5
     # a last run drains whatever the killed drivers left
     drain = subprocess.run([sys.executable, "-m", "ctlake", "ingest", "stream", "--topic", topic],
                            env=_env(lake), cwd=cfg.project_root, capture_output=True, text=True, timeout=600)
     assert drain.returncode == 0, drain.stderr[-3000:]
     rows = spark.read.format("delta").load(icfg.table_path("bronze.dicom_instances")) \
         .select("sop_instance_uid", "content_sha256").collect()
-    assert len(digests) == 60
+    assert len(digests) == 100
     assert len(rows) == len({r.sop_instance_uid for r in rows}), "duplicate instances in bronze"
     assert sorted(r.content_sha256 for r in rows) == sorted(digests), "lost or extra instances"
 

@@ -110,10 +110,87 @@ def process_frame(df: DataFrame, *, run_id: str, kind: str, key: bytes | None = 
     return df.mapInPandas(fn, schema)
 
 
-def _conflicts_to_quarantine(df: DataFrame):
-    """Bronze candidates whose SOPInstanceUID is already taken by *different* bytes become
-    quarantine rows (stage ``dedupe``, code DUPLICATE_SOP_INSTANCE, bytes kept: they passed the
-    gate). Identical bytes are the same instance and are simply not written twice."""
+def _decide(keys: list, taken: dict[str, str]) -> tuple[set, list]:
+    """Pick the bronze rows of one batch from its narrow key rows (pure).
+
+    ``keys``: rows with sop_instance_uid, content_sha256, transfer_syntax_uid, source_offset,
+    source_ref. ``taken``: SOPInstanceUID → sha256 already in bronze. Per UID the first candidate
+    wins (a possibly lossy transfer syntax last, then source offset/ref and sha256, so a replay
+    picks the same one). Returns the winners' row identities and the losers that carry *other*
+    bytes than the kept instance (identical bytes are the same instance, not a conflict).
+    """
+    def rank(k) -> tuple:
+        return (k.transfer_syntax_uid in LOSSY_SYNTAXES, k.source_offset is None, k.source_offset or 0,
+                k.source_ref or "", k.content_sha256)
+
+    by_uid: dict[str, list] = {}
+    for k in keys:
+        by_uid.setdefault(k.sop_instance_uid, []).append(k)
+    winners, losers = set(), []
+    for uid, group in by_uid.items():
+        group.sort(key=rank)
+        kept = taken.get(uid) or group[0].content_sha256
+        if uid not in taken:
+            first = group[0]
+            winners.add((uid, first.content_sha256, first.source_offset, first.source_ref))
+        losers += [k for k in group if k.content_sha256 != kept]
+    return winners, losers
+
+
+def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> tuple[int, int, dict]:
+    """Write one batch's outcomes: new instances to bronze, everything else to quarantine.
+
+    The decision is taken on a narrow projection collected to the driver (a few thousand keys at
+    most per batch), so the DICOM bytes are read once and never shuffled. Bronze is written with an
+    insert-only MERGE on sop_instance_uid, which also makes two concurrent writers safe; an
+    instance whose UID is taken by other bytes (in this batch or in the table) goes to quarantine
+    with code DUPLICATE_SOP_INSTANCE and its bytes (it passed the gate), never silently away.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    processed = processed.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        key_cols = ["sop_instance_uid", "content_sha256", "transfer_syntax_uid", "source_offset", "source_ref"]
+        keys = processed.filter(F.col("target") == BRONZE).select(key_cols).collect()
+        n_quarantine = processed.filter(F.col("target") == QUARANTINE_TABLE).count()
+        path = cfg.table_path(BRONZE)
+        taken: dict[str, str] = {}
+        uids = sorted({k.sop_instance_uid for k in keys})
+        if uids and delta.exists(spark, path):
+            have = spark.read.format("delta").load(path).select("sop_instance_uid", "content_sha256") \
+                .filter(F.col("sop_instance_uid").isin(uids)).collect()
+            taken = {r.sop_instance_uid: r.content_sha256 for r in have}
+        winners, losers = _decide(keys, taken)
+        versions: dict[str, int] = {}
+        candidates = processed.filter(F.col("target") == BRONZE)
+        if winners:
+            ident = spark.createDataFrame(sorted(winners, key=str),
+                                          "sop_instance_uid string, content_sha256 string, source_offset long, "
+                                          "source_ref string")
+            chosen = candidates.join(F.broadcast(ident), on=[
+                candidates.sop_instance_uid == ident.sop_instance_uid,
+                candidates.content_sha256 == ident.content_sha256,
+                candidates.source_offset.eqNullSafe(ident.source_offset),
+                candidates.source_ref.eqNullSafe(ident.source_ref)], how="left_semi")
+            versions[BRONZE] = delta.write(spark, cfg, chosen, BRONZE, mode="insert_new", count=False).version
+        quarantine = processed.filter(F.col("target") == QUARANTINE_TABLE).select([f.name for f in QUARANTINE.fields])
+        if losers:
+            lose = spark.createDataFrame([(k.sop_instance_uid, k.content_sha256) for k in losers],
+                                         "sop_instance_uid string, content_sha256 string")
+            dup = candidates.join(F.broadcast(lose), ["sop_instance_uid", "content_sha256"], "left_semi")
+            quarantine = quarantine.unionByName(_duplicates_to_quarantine(dup))
+        if n_quarantine or losers:
+            q = delta.write(spark, cfg, quarantine.dropDuplicates(["quarantine_id"]), QUARANTINE_TABLE,
+                            mode="insert_new", count=False)
+            versions[QUARANTINE_TABLE] = q.version
+        return len(winners), n_quarantine + len(losers), versions
+    finally:
+        processed.unpersist()
+
+
+def _duplicates_to_quarantine(df: DataFrame):
+    """Bronze candidates whose SOPInstanceUID is taken by other bytes, as quarantine rows."""
     from pyspark.sql import functions as F
 
     qid = F.sha2(F.concat_ws("|", F.col("content_sha256"), F.lit("dedupe"), F.lit("DUPLICATE_SOP_INSTANCE")),
@@ -130,53 +207,16 @@ def _conflicts_to_quarantine(df: DataFrame):
         "ingest_run_id", "ingested_at")
 
 
-def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> tuple[int, int, dict]:
-    """MERGE one batch's outcomes: bronze insert-only on sop_instance_uid, quarantine on its id.
-
-    Within the batch the first candidate per SOPInstanceUID wins (a possibly lossy transfer syntax
-    last, then by source offset/ref and sha256, so a replay picks the same one); candidates with
-    other bytes for a UID that is taken, in this batch or in the table, go to quarantine instead
-    of vanishing.
-    """
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    processed = processed.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        candidates = processed.filter(F.col("target") == BRONZE) \
-            .select([f.name for f in DICOM_INSTANCES.fields])
-        order = Window.partitionBy("sop_instance_uid").orderBy(
-            F.col("transfer_syntax_uid").isin(*LOSSY_SYNTAXES).cast("int"), F.col("source_offset").asc_nulls_last(),
-            F.col("source_ref").asc_nulls_last(), "content_sha256")
-        ranked = candidates.withColumn("_rank", F.row_number().over(order)) \
-            .withColumn("_winner_sha", F.first("content_sha256").over(order))
-        winners = ranked.filter("_rank = 1").drop("_rank", "_winner_sha")
-        losers = ranked.filter("_rank > 1 AND content_sha256 <> _winner_sha").drop("_rank", "_winner_sha")
-        path = cfg.table_path(BRONZE)
-        if delta.exists(spark, path):
-            existing = spark.read.format("delta").load(path).select(
-                "sop_instance_uid", F.col("content_sha256").alias("_have_sha"))
-            clash = winners.join(existing, "sop_instance_uid").filter("content_sha256 <> _have_sha") \
-                .drop("_have_sha")
-            losers = losers.unionByName(clash)
-        quarantine = processed.filter(F.col("target") == QUARANTINE_TABLE) \
-            .select([f.name for f in QUARANTINE.fields]) \
-            .unionByName(_conflicts_to_quarantine(losers)).dropDuplicates(["quarantine_id"])
-        b = delta.write(spark, cfg, winners, BRONZE, mode="insert_new")
-        q = delta.write(spark, cfg, quarantine, QUARANTINE_TABLE, mode="insert_new")
-        return b.rows, q.rows, {BRONZE: b.version, QUARANTINE_TABLE: q.version}
-    finally:
-        processed.unpersist()
-
-
 def record_run(spark: SparkSession, cfg: Config, *, run_id: str, job: str, started: dt.datetime,
                status: str, rows_in: int, rows_out: int, output_versions: dict, params: dict,
-               error: str | None = None) -> None:
+               error: str | None = None, txn: tuple[str, int] | None = None) -> None:
+    """Append one ``ops.pipeline_runs`` row. ``txn`` = (app id, version): Delta skips the append
+    when that pair was already committed, so a replayed micro-batch records its run once."""
     ended = _utcnow()
     row = [(run_id, job, status, started, ended, (ended - started).total_seconds(), rows_in, rows_out,
             {}, output_versions, json.dumps(params, default=str), error, cfg.profile)]
-    delta.write(spark, cfg, spark.createDataFrame(row, PIPELINE_RUNS), "ops.pipeline_runs", mode="merge")
+    delta.write(spark, cfg, spark.createDataFrame(row, PIPELINE_RUNS), "ops.pipeline_runs", mode="append",
+                count=False, txn=txn)
 
 
 def ingest_folder(spark: SparkSession, cfg: Config, folder: str, *, deidentify: bool = True,
@@ -231,7 +271,7 @@ def stream(spark: SparkSession, cfg: Config, *, topic: str | None = None, availa
         n_bronze, n_quarantine, versions = _write_outcomes(spark, cfg, processed)
         record_run(spark, cfg, run_id=run_id, job="ingest_stream", started=started, status="succeeded",
                    rows_in=n_bronze + n_quarantine, rows_out=n_bronze, output_versions=versions,
-                   params={"topic": topic, "batch_id": batch_id})
+                   params={"topic": topic, "batch_id": batch_id}, txn=(f"ctlake-ingest-{stream_id}", batch_id))
         print(f"[ctlake] ingest batch {batch_id}: {n_bronze} to bronze, {n_quarantine} quarantined "
               f"in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
 

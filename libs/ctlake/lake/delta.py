@@ -45,12 +45,15 @@ def read(spark: SparkSession, cfg: Config, name: str, *, as_of: int | None = Non
 
 
 def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
-          mode: Literal["merge", "insert_new", "append"] = "merge", retries: int = 8) -> WriteResult:
+          mode: Literal["merge", "insert_new", "append"] = "merge", retries: int = 8, count: bool = True,
+          txn: tuple[str, int] | None = None) -> WriteResult:
     """Write ``df`` to the declared table ``name``.
 
     ``merge`` upserts on the table's key (update matched, insert new); ``insert_new`` only inserts
     rows whose key is absent (a replay adds nothing); ``append`` appends. A MERGE that loses a
     race with another writer is retried (it is idempotent), up to ``retries`` times with backoff.
+    ``count=False`` skips counting the rows (``rows`` is then -1). ``txn`` = (app id, version)
+    makes an append idempotent: Delta skips it if that pair was committed before.
     The frame is cast to the declared schema first, so a writer cannot silently change a table's
     columns.
     """
@@ -59,19 +62,25 @@ def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
     decl = table_decl(name)
     path = cfg.table_path(name)
     df = df.select([df[f.name].cast(f.dataType).alias(f.name) for f in decl.schema.fields])
-    rows = df.count()
+    rows = df.count() if count else -1
     for attempt in range(retries + 1):
         if exists(spark, path):
             break
         try:
-            (DeltaTable.createIfNotExists(spark).location(path).addColumns(decl.schema)
-             .partitionedBy(*decl.partition_by).execute())
+            builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(decl.schema) \
+                .partitionedBy(*decl.partition_by)
+            for key, value in decl.properties:
+                builder = builder.property(key, value)
+            builder.execute()
         except Exception as exc:  # noqa: BLE001 - two writers creating the table at once
             if attempt == retries or not _is_write_conflict(exc):
                 raise
             time.sleep(0.2 * (1 + random.random()))  # noqa: S311
     if mode == "append":
-        df.write.format("delta").mode("append").save(path)
+        writer = df.write.format("delta").mode("append")
+        if txn is not None:
+            writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+        writer.save(path)
         return WriteResult(name, path, version(spark, path), rows)
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in decl.key)
     for attempt in range(retries + 1):

@@ -17,6 +17,7 @@ class Table:
     key: tuple[str, ...]
     partition_by: tuple[str, ...] = ()
     description: str = ""
+    properties: tuple[tuple[str, str], ...] = ()   # Delta table properties set at creation
 
 
 PIPELINE_RUNS = T.StructType([
@@ -110,9 +111,15 @@ TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         Table("bronze.dicom_instances", DICOM_INSTANCES, key=("sop_instance_uid",),
-              description="one row per de-identified DICOM instance; the same instance twice is one row"),
+              description="one row per de-identified DICOM instance; the same instance twice is one row",
+              # statistics only where queries filter: not on the bytes or the JSON header
+              properties=(("delta.dataSkippingStatsColumns",
+                           "sop_instance_uid,series_instance_uid,study_instance_uid,patient_pseudo_id,"
+                           "modality,ingested_at,ingest_run_id"),)),
         Table("bronze.quarantine", QUARANTINE, key=("quarantine_id",),
-              description="everything that could not be taken, with stage, code and message"),
+              description="everything that could not be taken, with stage, code and message",
+              properties=(("delta.dataSkippingStatsColumns",
+                           "quarantine_id,stage,error_code,content_sha256,ingested_at,ingest_run_id"),)),
         Table("ops.pipeline_runs", PIPELINE_RUNS, key=("run_id",),
               description="one row per job run: inputs' Delta versions, rows in/out, status, duration"),
         Table("ops.demo_cohort", DEMO_COHORT, key=("series_instance_uid",),
