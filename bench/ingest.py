@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def machine() -> dict:
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -85,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] sent {rep.sent} instances in {rep.seconds:.1f} s", file=sys.stderr)
 
         # the peer parses the same de-identified bytes that went to Kafka
-        from kafka import KafkaConsumer
-
         from ctlake.infra.kafka_admin import MAX_MESSAGE_BYTES, client_config
+        from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(topic, auto_offset_reset="earliest", enable_auto_commit=False,
                                  consumer_timeout_ms=10_000, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
