@@ -68,6 +68,24 @@ def test_cohort_sent_and_streamed_exactly(spark, icfg, kafka, tmp_path):
     runs = spark.read.format("delta").load(icfg.table_path("ops.pipeline_runs")) \
         .filter("job = 'ingest_stream'").collect()
     assert sum(r.rows_out for r in runs) == n_files
+    # derived views and typed keyword columns, computed from bronze on read
+    import datetime as dt
+
+    from ctlake.ingest import views
+
+    series = {r.series_instance_uid: r for r in views.series_view(spark, icfg).collect()}
+    assert len(series) == len(manifest.series) == 2
+    assert sorted(r.instances for r in series.values()) == sorted(len(s.files) for s in manifest.series)
+    assert all(r.modalities == ["CT"] and r.last_z_mm > r.first_z_mm for r in series.values())
+    assert views.patient_view(spark, icfg).count() == 2
+    assert [r.series for r in views.study_view(spark, icfg).collect()] == [1, 1]
+    typed = views.keyword_columns(spark, icfg, ["PatientName", "StudyDate", "PixelSpacing", "Rows", "KVP",
+                                                 "ConvolutionKernel", "PatientIdentityRemoved"]).collect()
+    assert len(typed) == n_files
+    for r in typed:
+        assert r.PatientName.family.startswith("P-") and isinstance(r.StudyDate, dt.date)
+        assert len(r.PixelSpacing) == 2 and all(v > 0 for v in r.PixelSpacing)
+        assert r.Rows == 32 and r.KVP > 0 and r.PatientIdentityRemoved == "YES"
 
 
 def test_every_sample_file_is_ingested_or_quarantined(spark, icfg, shared_data):
