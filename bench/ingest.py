@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctlake.spark import get_spark
     from ctlake.synth import SynthConfig, generate_cohort
 
-    cfg = load_config("test", conf_dir=ROOT / "conf", environ={})
+    cfg = load_config("test", conf_dir=ROOT / "conf")  # CTLAKE__* overrides apply
     work = Path(tempfile.mkdtemp(prefix="ctlake-bench-ingest-"))
     cfg = dataclasses.replace(cfg, lake=LakeConfig(root=str(work / "lake")))
     kafka = SERVICES["kafka"](cfg)

@@ -137,7 +137,8 @@ def _decide(keys: list, taken: dict[str, str]) -> tuple[set, list]:
     return winners, losers
 
 
-def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> tuple[int, int, dict]:
+def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame,
+                    timings: dict[str, float] | None = None) -> tuple[int, int, dict]:
     """Write one batch's outcomes: new instances to bronze, everything else to quarantine.
 
     The decision is taken on a narrow projection collected to the driver (a few thousand keys at
@@ -149,11 +150,20 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> t
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    timings = {} if timings is None else timings
+    clock = [time.monotonic()]
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        timings[name] = round(now - clock[0], 2)
+        clock[0] = now
+
     processed = processed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         key_cols = ["sop_instance_uid", "content_sha256", "transfer_syntax_uid", "source_offset", "source_ref"]
         keys = processed.filter(F.col("target") == BRONZE).select(key_cols).collect()
         n_quarantine = processed.filter(F.col("target") == QUARANTINE_TABLE).count()
+        lap("process")
         path = cfg.table_path(BRONZE)
         taken: dict[str, str] = {}
         uids = sorted({k.sop_instance_uid for k in keys})
@@ -162,6 +172,7 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> t
                 .filter(F.col("sop_instance_uid").isin(uids)).collect()
             taken = {r.sop_instance_uid: r.content_sha256 for r in have}
         winners, losers = _decide(keys, taken)
+        lap("dedupe")
         versions: dict[str, int] = {}
         candidates = processed.filter(F.col("target") == BRONZE)
         if winners:
@@ -174,6 +185,7 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> t
                 candidates.source_offset.eqNullSafe(ident.source_offset),
                 candidates.source_ref.eqNullSafe(ident.source_ref)], how="left_semi")
             versions[BRONZE] = delta.write(spark, cfg, chosen, BRONZE, mode="insert_new", count=False).version
+        lap("bronze")
         quarantine = processed.filter(F.col("target") == QUARANTINE_TABLE).select([f.name for f in QUARANTINE.fields])
         if losers:
             lose = spark.createDataFrame([(k.sop_instance_uid, k.content_sha256) for k in losers],
@@ -184,6 +196,7 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame) -> t
             q = delta.write(spark, cfg, quarantine.dropDuplicates(["quarantine_id"]), QUARANTINE_TABLE,
                             mode="insert_new", count=False)
             versions[QUARANTINE_TABLE] = q.version
+        lap("quarantine")
         return len(winners), n_quarantine + len(losers), versions
     finally:
         processed.unpersist()
@@ -268,12 +281,15 @@ def stream(spark: SparkSession, cfg: Config, *, topic: str | None = None, availa
         run_id = f"ingest_stream:{stream_id}:{batch_id}"
         t0 = time.monotonic()
         processed = process_frame(batch_df, run_id=run_id, kind="kafka")
-        n_bronze, n_quarantine, versions = _write_outcomes(spark, cfg, processed)
+        timings: dict[str, float] = {}
+        n_bronze, n_quarantine, versions = _write_outcomes(spark, cfg, processed, timings)
         record_run(spark, cfg, run_id=run_id, job="ingest_stream", started=started, status="succeeded",
                    rows_in=n_bronze + n_quarantine, rows_out=n_bronze, output_versions=versions,
-                   params={"topic": topic, "batch_id": batch_id}, txn=(f"ctlake-ingest-{stream_id}", batch_id))
+                   params={"topic": topic, "batch_id": batch_id, "seconds": timings},
+                   txn=(f"ctlake-ingest-{stream_id}", batch_id))
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
         print(f"[ctlake] ingest batch {batch_id}: {n_bronze} to bronze, {n_quarantine} quarantined "
-              f"in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+              f"in {time.monotonic() - t0:.1f} s ({steps})", file=sys.stderr, flush=True)
 
     writer = source.writeStream.foreachBatch(write_batch).option("checkpointLocation", checkpoint) \
         .queryName(f"ctlake-ingest-{stream_id}")
