@@ -1,17 +1,14 @@
 """``ctlake demo`` / ``make demo``: the whole local stack exercised once, end to end.
 
-infra up → a small synthetic cohort → its series summary through Kafka → a Delta table written
-and read back with Spark (plus an ``ops.pipeline_runs`` row) → an MLflow run with a preview
-image → the series indexed in Elasticsearch → where to look. Later issues grow this into the
-whole pipeline (ingest, volumes, radiomics, training).
+infra up → a small synthetic cohort → de-identified at the edge and sent through Kafka → streamed
+into ``bronze.dicom_instances`` (and ``ops.pipeline_runs``) with Spark and Delta → the series view
+→ an MLflow run with a preview image → the series indexed in Elasticsearch → where to look.
+Later issues grow this into the whole pipeline (volumes, nodules, radiomics, training).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,54 +64,34 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
     out = cfg.state_dir / "demo" / "cohort"
     manifest = generate_cohort(out, SynthConfig(patients=patients, seed=seed, size=96),
                                overwrite=True)
-    by_series: dict[str, list[dict]] = {}
-    for a in manifest.annotations:
-        by_series.setdefault(a.seriesuid, []).append(a.__dict__)
-    rows = []
-    for s in manifest.ct_series():
-        nods = by_series.get(s.series_uid, [])
-        rows.append({"series_instance_uid": s.series_uid, "patient_id": s.patient_id,
-                     "manufacturer": s.manufacturer, "kernel": s.kernel,
-                     "slices": len(s.files), "spacing_zyx_mm": list(s.spacing_zyx_mm),
-                     "nodules": len(nods),
-                     "max_diameter_mm": max((n["diameter_mm"] for n in nods), default=0.0)})
 
-    progress("3/6 Kafka: sending the series summaries and reading them back")
-    from kafka import KafkaConsumer, KafkaProducer
-
-    from ctlake.infra.kafka_admin import client_config, ensure_topic
-
-    topic = ensure_topic(cfg, "ctlake.demo", partitions=1)
-    producer = KafkaProducer(acks="all", **client_config(cfg))
-    run_id = uuid.uuid4().hex
-    for r in rows:
-        producer.send(topic, key=r["series_instance_uid"].encode(),
-                      value=json.dumps(r).encode(), headers=[("run_id", run_id.encode())])
-    producer.flush(30)
-    producer.close()
-    consumer = KafkaConsumer(topic, auto_offset_reset="earliest", consumer_timeout_ms=10_000,
-                             enable_auto_commit=False, **client_config(cfg))
-    received = [json.loads(m.value) for m in consumer if dict(m.headers).get("run_id") == run_id.encode()]
-    consumer.close()
-    if len(received) != len(rows):
-        raise RuntimeError(f"Kafka round trip lost messages: sent {len(rows)}, got {len(received)}")
-
-    progress("4/6 Spark + Delta: writing ops.demo_cohort and ops.pipeline_runs")
+    progress("3/6 Kafka: de-identifying at the edge and sending every instance")
+    from ctlake.ingest import bronze
+    from ctlake.ingest.producer import send
     from ctlake.lake import delta
-    from ctlake.lake.schemas import DEMO_COHORT, PIPELINE_RUNS
     from ctlake.spark import get_spark
 
+    topic = f"{cfg.kafka.topic}.demo"
+    sent = n_refused = 0
+    patient_dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    for pdir in patient_dirs:   # the patient folders: annotations.csv and manifest.json are not DICOM
+        rep = send(cfg, pdir, topic=topic, progress=False)
+        sent += rep.sent
+        n_refused += sum(rep.refused.values())
+
+    progress("4/6 Spark: Kafka → bronze.dicom_instances (checkpointed stream, drained)")
     spark = get_spark(cfg, app_name="ctlake-demo")
-    started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    df = spark.createDataFrame([tuple(r[f.name] for f in DEMO_COHORT.fields) for r in received], DEMO_COHORT)
-    written = delta.write(spark, cfg, df, "ops.demo_cohort")
-    back = delta.read(spark, cfg, "ops.demo_cohort")
-    n_back = back.filter(back.series_instance_uid.isin([r["series_instance_uid"] for r in rows])).count()
-    ended = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    run_row = [(run_id, "demo", "succeeded", started, ended, (ended - started).total_seconds(),
-                len(received), n_back, {}, {"ops.demo_cohort": written.version},
-                json.dumps({"patients": patients, "seed": seed}), None, cfg.profile)]
-    delta.write(spark, cfg, spark.createDataFrame(run_row, PIPELINE_RUNS), "ops.pipeline_runs")
+    bronze.stream(spark, cfg, topic=topic, available_now=True)
+    from ctlake.ingest import views
+
+    series_rows = [r.asDict() for r in views.series_view(spark, cfg).collect()]
+    n_bronze = delta.read(spark, cfg, "bronze.dicom_instances").count()
+    n_quarantine = delta.read(spark, cfg, "bronze.quarantine").count() \
+        if delta.exists(spark, cfg.table_path("bronze.quarantine")) else 0
+    bronze_version = delta.version(spark, cfg.table_path("bronze.dicom_instances"))
+    rows = [{"series_instance_uid": r["series_instance_uid"], "patient_pseudo_id": r["patient_pseudo_id"],
+             "manufacturer": r["manufacturer"], "kernel": r["convolution_kernel"], "instances": r["instances"],
+             "slice_thickness_mm": r["slice_thickness_mm"], "modalities": r["modalities"]} for r in series_rows]
 
     progress("5/6 MLflow: logging a run with a preview image")
     import mlflow
@@ -128,10 +105,11 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
                        else Path(series.directory), biggest.__dict__ if biggest else None,
                        cfg.state_dir / "demo" / "preview.png")
     with mlflow.start_run(run_name="demo") as mlrun:
-        mlflow.log_params({"patients": patients, "seed": seed, "delta_version": written.version})
-        mlflow.log_metrics({"series": len(rows), "nodules": len(manifest.annotations)})
+        mlflow.log_params({"patients": patients, "seed": seed, "bronze_version": bronze_version})
+        mlflow.log_metrics({"series": len(rows), "instances": n_bronze, "quarantined": n_quarantine,
+                            "nodules": len(manifest.annotations)})
         mlflow.log_artifact(str(png))
-        mlflow.set_tags({"ctlake.run_id": run_id, "ctlake.table": "ops.demo_cohort"})
+        mlflow.set_tags({"ctlake.table": "bronze.dicom_instances", "ctlake.topic": topic})
 
     progress("6/6 Elasticsearch: indexing the series")
     from elasticsearch import helpers
@@ -140,22 +118,24 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
 
     es = es_client(cfg)
     index = index_name(cfg, "demo-series")
-    if not es.indices.exists(index=index):
-        es.indices.create(index=index, settings={"number_of_replicas": 0}, mappings={
-            "dynamic": "strict", "properties": {
-                "series_instance_uid": {"type": "keyword"}, "patient_id": {"type": "keyword"},
-                "manufacturer": {"type": "keyword"}, "kernel": {"type": "keyword"},
-                "slices": {"type": "integer"}, "spacing_zyx_mm": {"type": "float"},
-                "nodules": {"type": "integer"}, "max_diameter_mm": {"type": "float"}}})
+    if es.indices.exists(index=index):   # the search issue replaces this with versioned templates
+        es.indices.delete(index=index)
+    es.indices.create(index=index, settings={"number_of_replicas": 0}, mappings={
+        "dynamic": "strict", "properties": {
+            "series_instance_uid": {"type": "keyword"}, "patient_pseudo_id": {"type": "keyword"},
+            "manufacturer": {"type": "keyword"}, "kernel": {"type": "keyword"},
+            "instances": {"type": "integer"}, "slice_thickness_mm": {"type": "float"},
+            "modalities": {"type": "keyword"}}})
     helpers.bulk(es, ({"_index": index, "_id": r["series_instance_uid"], "_source": r} for r in rows))
     es.indices.refresh(index=index)
     indexed = es.count(index=index, query={"ids": {"values": [r["series_instance_uid"] for r in rows]}})["count"]
 
     mlflow_url = f"{cfg.mlflow.tracking_uri}/#/experiments/{mlrun.info.experiment_id}/runs/{mlrun.info.run_id}"
     summary = {
-        "series": len(rows), "nodules": len(manifest.annotations), "kafka_round_trip": len(received),
-        "delta_rows_read_back": n_back, "delta_version": written.version, "es_docs": indexed,
-        "lake": cfg.lake_root, "tables": [cfg.table_path("ops.demo_cohort"), cfg.table_path("ops.pipeline_runs")],
+        "series": len(rows), "nodules": len(manifest.annotations), "instances_sent": sent,
+        "bronze_instances": n_bronze, "quarantined": n_quarantine, "bronze_version": bronze_version,
+        "es_docs": indexed, "lake": cfg.lake_root,
+        "tables": [cfg.table_path(t) for t in ("bronze.dicom_instances", "bronze.quarantine", "ops.pipeline_runs")],
         "cohort": str(out), "preview": str(png), "mlflow_run": mlflow_url,
         "elasticsearch": f"{cfg.elasticsearch.url}/{index}/_search", "seconds": round(time.monotonic() - t0, 1),
     }

@@ -18,13 +18,13 @@ def test_demo_end_to_end(cfg, kafka, mlflow_server, elasticsearch, spark, tmp_pa
                           cwd=cfg.project_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(out.read_text())
-    assert summary["series"] == 2
-    assert summary["kafka_round_trip"] == summary["delta_rows_read_back"] == summary["es_docs"] == 2
+    assert summary["series"] == 2 and summary["es_docs"] == 2
+    assert summary["bronze_instances"] == summary["instances_sent"] > 0
     assert "ctlake demo: done" in proc.stdout and summary["mlflow_run"] in proc.stdout
     # the Delta tables are really there, readable by another Spark session
-    cohort = spark.read.format("delta").load(cfg.table_path("ops.demo_cohort"))
-    assert cohort.count() >= 2
-    runs = spark.read.format("delta").load(cfg.table_path("ops.pipeline_runs")).filter("job = 'demo'")
+    bronze = spark.read.format("delta").load(cfg.table_path("bronze.dicom_instances"))
+    assert bronze.count() >= summary["instances_sent"]
+    runs = spark.read.format("delta").load(cfg.table_path("ops.pipeline_runs")).filter("job = 'ingest_stream'")
     assert runs.filter("status = 'succeeded'").count() >= 1
     # the MLflow run has its preview image
     from mlflow.tracking import MlflowClient

@@ -54,10 +54,10 @@ def test_write_merge_time_travel(spark, cfg, lake_tmp):
 
 def test_writer_enforces_declared_schema(spark, cfg, lake_tmp):
     cfg = dataclasses.replace(cfg, lake=LakeConfig(root=str(lake_tmp)))
-    df = spark.createDataFrame([("s1", "p1")], "series_instance_uid string, patient_id string")
+    df = spark.createDataFrame([("r1", "job")], "run_id string, job string")
     from pyspark.errors import AnalysisException
 
     with pytest.raises(AnalysisException):  # missing declared columns are an error, not a new schema
-        delta.write(spark, cfg, df, "ops.demo_cohort")
+        delta.write(spark, cfg, df, "ops.pipeline_runs")
     with pytest.raises(KeyError, match="declared tables"):
         delta.write(spark, cfg, df, "ops.no_such_table")

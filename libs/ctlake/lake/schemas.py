@@ -96,16 +96,6 @@ QUARANTINE = T.StructType([
     *_SOURCE_FIELDS,
 ])
 
-DEMO_COHORT = T.StructType([
-    T.StructField("series_instance_uid", T.StringType(), False),
-    T.StructField("patient_id", T.StringType(), False),
-    T.StructField("manufacturer", T.StringType(), True),
-    T.StructField("kernel", T.StringType(), True),
-    T.StructField("slices", T.IntegerType(), True),
-    T.StructField("spacing_zyx_mm", T.ArrayType(T.DoubleType()), True),
-    T.StructField("nodules", T.IntegerType(), True),
-    T.StructField("max_diameter_mm", T.DoubleType(), True),
-])
 
 TABLES: dict[str, Table] = {
     t.name: t
@@ -122,8 +112,6 @@ TABLES: dict[str, Table] = {
                            "quarantine_id,stage,error_code,content_sha256,ingested_at,ingest_run_id"),)),
         Table("ops.pipeline_runs", PIPELINE_RUNS, key=("run_id",),
               description="one row per job run: inputs' Delta versions, rows in/out, status, duration"),
-        Table("ops.demo_cohort", DEMO_COHORT, key=("series_instance_uid",),
-              description="the synthetic series written by `ctlake demo` (one row per series)"),
     )
 }
 
