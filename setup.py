@@ -13,7 +13,7 @@ setup(
     description="An open lakehouse for chest CT: DICOM → Delta → radiomics → 3D CNNs",
     package_dir={"": "libs"},
     packages=find_packages("libs"),
-    package_data={"ctlake.dicom": ["ps315_annex_e.csv"]},
+    package_data={"ctlake.dicom": ["ps315_annex_e.csv"], "ctlake.radiomics": ["LICENSE-pyradiomics.txt"]},
     python_requires=">=3.11,<3.12",
     install_requires=["numpy>=1.26,<2", "pyyaml>=6", "pydicom>=3.0,<3.1"],
     entry_points={"console_scripts": ["ctlake=ctlake.cli:main"]},

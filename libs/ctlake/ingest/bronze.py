@@ -184,7 +184,8 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame,
                 candidates.content_sha256 == ident.content_sha256,
                 candidates.source_offset.eqNullSafe(ident.source_offset),
                 candidates.source_ref.eqNullSafe(ident.source_ref)], how="left_semi")
-            versions[BRONZE] = delta.write(spark, cfg, chosen, BRONZE, mode="insert_new", count=False).version
+            versions[BRONZE] = delta.write(spark, cfg, chosen, BRONZE, mode="insert_new", count=False,
+                                           deterministic_source=True).version
         lap("bronze")
         quarantine = processed.filter(F.col("target") == QUARANTINE_TABLE).select([f.name for f in QUARANTINE.fields])
         if losers:
@@ -194,7 +195,7 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame,
             quarantine = quarantine.unionByName(_duplicates_to_quarantine(dup))
         if n_quarantine or losers:
             q = delta.write(spark, cfg, quarantine.dropDuplicates(["quarantine_id"]), QUARANTINE_TABLE,
-                            mode="insert_new", count=False)
+                            mode="insert_new", count=False, deterministic_source=True)
             versions[QUARANTINE_TABLE] = q.version
         lap("quarantine")
         return len(winners), n_quarantine + len(losers), versions

@@ -1,0 +1,11 @@
+"""Radiomics engine: IBSI chapter 1 definitions, PyRadiomics names and parameter files.
+
+One module per feature family (``firstorder``, ``shape``, ``glcm``), each with a ``FEATURES`` name
+table (PyRadiomics name -> function, IBSI code) and ``IBSI_ONLY`` for IBSI features PyRadiomics lacks
+or defines differently; ``discretise`` (fixed bin width / count / none); ``mesh`` (marching cubes);
+``extract`` (``load_params``, ``extract``, ``extract_ibsi``). Pure numpy/scipy; never imports pyspark.
+"""
+
+from .extract import Params, RadiomicsSettingsError, extract, extract_ibsi, load_params, params_from_mapping
+
+__all__ = ["Params", "RadiomicsSettingsError", "extract", "extract_ibsi", "load_params", "params_from_mapping"]

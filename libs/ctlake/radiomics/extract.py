@@ -1,0 +1,269 @@
+"""Feature extraction with PyRadiomics parameter files and PyRadiomics feature names.
+
+``load_params(path)`` reads a PyRadiomics parameter YAML as it is (top-level keys ``setting``,
+``imageType``, ``featureClass``, ``voxelSetting``) into :class:`Params`; every setting is either
+used, ignored because it cannot change the features computed here (``Params.ignored``, with the
+reason), or unsupported (``Params.unsupported``, with the reason). ``extract`` refuses a Params with
+unsupported entries unless ``strict=False``, in which case it computes what it supports and the
+caller has the list.
+
+``extract(image_zyx, mask_zyx, spacing_zyx_mm, params)`` returns ``original_<class>_<Feature>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ctlake.errors import CtlakeError
+
+from . import firstorder, glcm, shape
+from ._table import Feature
+from .discretise import discretise
+
+FAMILIES: dict[str, dict[str, Feature]] = {
+    "firstorder": firstorder.FEATURES,
+    "shape": shape.FEATURES,
+    "glcm": glcm.FEATURES,
+}
+NOT_IMPLEMENTED_CLASSES = ("glrlm", "glszm", "gldm", "ngtdm", "shape2D")
+
+# settings used by this engine, with PyRadiomics defaults
+DEFAULTS: dict[str, Any] = {
+    "binWidth": 25,
+    "binCount": None,
+    "label": 1,
+    "distances": [1],
+    "force2D": False,
+    "force2Ddimension": 0,
+    "voxelArrayShift": 0,
+    "weightingNorm": None,
+    "symmetricalGLCM": True,
+}
+# settings with no effect here (they act on logging, diagnostics, cropping or unimplemented classes)
+_IGNORED = {
+    "additionalInfo": "diagnostics output only",
+    "enableCExtensions": "no C extensions in ctlake",
+    "preCrop": "cropping does not change these features",
+    "padDistance": "cropping does not change these features",
+    "geometryTolerance": "image and mask are arrays on one grid here",
+    "correctMask": "image and mask are arrays on one grid here",
+    "minimumROIDimensions": "ROI size checks not implemented; an empty ROI is refused",
+    "minimumROISize": "ROI size checks not implemented; an empty ROI is refused",
+    "gldm_a": "GLDM not implemented",
+    "label_channel": "single-channel masks only",
+    "normalizeScale": "only used with normalize",
+    "resegmentMode": "only used with resegmentRange",
+    "resegmentShape": "only used with resegmentRange",
+    "resampledPixelSpacing": "None: no resampling",
+    "interpolator": "only used with resampling",
+}
+# settings that would change results; supported only at the value that means "off"
+_OFF_VALUES = {
+    "resampledPixelSpacing": None,
+    "normalize": False,
+    "removeOutliers": None,
+    "resegmentRange": None,
+}
+
+
+class RadiomicsSettingsError(CtlakeError):
+    """A radiomics parameter file or settings mapping that ctlake cannot honour."""
+
+    code = "RADIOMICS_SETTINGS"
+
+
+@dataclass(frozen=True)
+class Params:
+    """Validated extraction parameters.
+
+    settings: the used settings (defaults filled in); image_types: enabled image types;
+    feature_classes: class -> list of feature names (None = the class's default features);
+    ignored / unsupported: setting or class -> reason; source: where the parameters came from."""
+
+    settings: dict[str, Any]
+    image_types: dict[str, Any] = field(default_factory=lambda: {"Original": {}})
+    feature_classes: dict[str, list[str] | None] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)
+    source: str = "<mapping>"
+
+
+def params_from_mapping(doc: Mapping[str, Any] | None, *, source: str = "<mapping>") -> Params:
+    """Params from a PyRadiomics parameter mapping (the parsed YAML). No ``featureClass`` key means
+    every implemented class with its default features, as PyRadiomics."""
+    doc = dict(doc or {})
+    unknown_top = set(doc) - {"setting", "imageType", "featureClass", "voxelSetting"}
+    if unknown_top:
+        raise RadiomicsSettingsError(f"{source}: unknown top-level keys {sorted(unknown_top)}",
+                                     hint="PyRadiomics files have setting, imageType, featureClass, voxelSetting")
+    settings = dict(DEFAULTS)
+    ignored: dict[str, str] = {}
+    unsupported: dict[str, str] = {}
+    for key, value in (doc.get("setting") or {}).items():
+        if key in _OFF_VALUES:
+            if value == _OFF_VALUES[key] or (key == "resampledPixelSpacing" and not value):
+                ignored[key] = f"{value!r}: off"
+            else:
+                unsupported[key] = f"{value!r}: {key} not implemented yet"
+        elif key in DEFAULTS:
+            settings[key] = value
+        elif key in _IGNORED:
+            ignored[key] = _IGNORED[key]
+        else:
+            unsupported[key] = f"{value!r}: unknown setting"
+    if doc.get("voxelSetting"):
+        unsupported["voxelSetting"] = "voxel-based extraction not implemented"
+    if settings["weightingNorm"] not in glcm.WEIGHTING_NORMS:
+        raise RadiomicsSettingsError(f"{source}: weightingNorm {settings['weightingNorm']!r} unknown",
+                                     hint=f"use one of {glcm.WEIGHTING_NORMS}")
+    if settings["binCount"] is None and not (settings["binWidth"] or 0) > 0:
+        raise RadiomicsSettingsError(f"{source}: binWidth must be > 0, got {settings['binWidth']!r}")
+    distances = settings["distances"]
+    if not distances or any(int(d) != d or d < 1 for d in distances):
+        raise RadiomicsSettingsError(f"{source}: distances must be positive integers, got {distances!r}")
+
+    image_types = dict(doc.get("imageType") or {"Original": {}})
+    for name in list(image_types):
+        if name != "Original":
+            unsupported[f"imageType.{name}"] = "filtered image types not implemented yet"
+            del image_types[name]
+
+    classes_doc = doc.get("featureClass")
+    if classes_doc is None:
+        classes_doc = {name: None for name in FAMILIES}
+    classes: dict[str, list[str] | None] = {}
+    for cls, names in classes_doc.items():
+        if cls in FAMILIES:
+            for name in names or []:
+                if name not in FAMILIES[cls]:
+                    raise RadiomicsSettingsError(f"{source}: feature {cls}.{name} unknown",
+                                                 hint=f"known: {sorted(FAMILIES[cls])}")
+            classes[cls] = list(names) if names else None
+        elif cls in NOT_IMPLEMENTED_CLASSES:
+            unsupported[f"featureClass.{cls}"] = "feature class not implemented yet"
+        else:
+            raise RadiomicsSettingsError(f"{source}: feature class {cls!r} unknown")
+    return Params(settings, image_types, classes, ignored, unsupported, source)
+
+
+def load_params(path: str | Path) -> Params:
+    """Params from a PyRadiomics parameter YAML file, read as it is."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RadiomicsSettingsError(f"parameter file {path} not found") from None
+    return params_from_mapping(doc, source=str(path))
+
+
+def enabled_features(params: Params, cls: str) -> list[str]:
+    """Feature names of ``cls`` that ``params`` enables (listed ones, else the default ones)."""
+    names = params.feature_classes.get(cls)
+    if names is None:
+        return [n for n, f in FAMILIES[cls].items() if f.default]
+    return names
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    x: np.ndarray
+    levels_zyx: np.ndarray
+    counts: np.ndarray
+    mask_zyx: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+def _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params: Params) -> _Prepared:
+    image = np.asarray(image_zyx)
+    mask_in = np.asarray(mask_zyx)
+    if image.shape != mask_in.shape or image.ndim != 3:
+        raise ValueError(f"image {image.shape} and mask {mask_in.shape} must be 3-D arrays of one shape")
+    mask = mask_in == params.settings["label"]
+    if not mask.any():
+        raise ValueError(f"mask has no voxels with label {params.settings['label']}")
+    nz = np.nonzero(mask)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+    image, mask = image[box], mask[box]
+    x = image[mask].astype(np.float64)
+    s = params.settings
+    if s["binCount"] is not None:
+        disc = discretise(x, mode="count", bin_count=s["binCount"])
+    else:
+        disc = discretise(x, mode="width", bin_width=s["binWidth"])
+    levels = np.zeros(mask.shape, dtype=np.int64)
+    levels[mask] = disc.levels
+    counts = np.bincount(disc.levels, minlength=len(disc.edges))[1:]
+    return _Prepared(x, levels, counts, mask, tuple(float(v) for v in spacing_zyx_mm))
+
+
+def _family_inputs(prep: _Prepared, params: Params, classes) -> dict[str, Any]:
+    s = params.settings
+    out: dict[str, Any] = {}
+    if "firstorder" in classes:
+        out["firstorder"] = firstorder.FirstOrderInput(prep.x, prep.counts, float(np.prod(prep.spacing)),
+                                                       float(s["voxelArrayShift"]))
+    if "shape" in classes:
+        out["shape"] = shape.prepare(prep.mask_zyx, prep.spacing)
+    if "glcm" in classes:
+        p, grey = glcm.matrices(prep.levels_zyx, prep.spacing, distances=tuple(s["distances"]),
+                                symmetric=bool(s["symmetricalGLCM"]), weighting_norm=s["weightingNorm"],
+                                force2d=bool(s["force2D"]), force2d_dimension=int(s["force2Ddimension"]))
+        out["glcm"] = glcm.coefficients(p, grey)
+    return out
+
+
+def _value(cls: str, feature: Feature, data: Any) -> float:
+    value = feature.fn(data)
+    return glcm.aggregate(value) if cls == "glcm" else float(value)
+
+
+def _check(params: Params, strict: bool) -> None:
+    if strict and params.unsupported:
+        raise RadiomicsSettingsError(
+            f"{params.source}: unsupported settings {params.unsupported}",
+            hint="remove them, or pass strict=False to compute only the supported part")
+
+
+def extract(image_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float],
+            params: Params | None = None, *, strict: bool = True) -> dict[str, float]:
+    """Features ``original_<class>_<Feature>`` of the ROI ``mask_zyx == label`` in ``image_zyx``
+    (same (z, y, x) grid, spacing in mm). ``params`` None = PyRadiomics defaults, every class."""
+    params = params or params_from_mapping(None)
+    _check(params, strict)
+    classes = [c for c in FAMILIES if c in params.feature_classes]
+    prep = _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params)
+    inputs = _family_inputs(prep, params, classes)
+    out: dict[str, float] = {}
+    for cls in classes:
+        for name in enabled_features(params, cls):
+            out[f"original_{cls}_{name}"] = _value(cls, FAMILIES[cls][name], inputs[cls])
+    return out
+
+
+def extract_ibsi(image_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float],
+                 params: Params | None = None, *, strict: bool = True) -> dict[str, float]:
+    """Values keyed by IBSI code, for every implemented feature whose value equals an IBSI definition
+    under ``params`` (Energy and RMS only with voxelArrayShift 0; PyRadiomics Kurtosis is replaced by
+    IBSI excess kurtosis). GLCM aggregation follows weightingNorm: None = IBSI "3D, averaged",
+    'no_weighting' = "3D, merged"."""
+    params = params or params_from_mapping(None)
+    _check(params, strict)
+    classes = [c for c in FAMILIES if c in params.feature_classes]
+    prep = _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params)
+    inputs = _family_inputs(prep, params, classes)
+    extra = {"firstorder": firstorder.IBSI_ONLY, "shape": shape.IBSI_ONLY, "glcm": glcm.IBSI_ONLY}
+    out: dict[str, float] = {}
+    for cls in classes:
+        for feature in [*FAMILIES[cls].values(), *extra[cls].values()]:
+            if feature.ibsi is None:
+                continue
+            if cls == "firstorder" and feature.ibsi in ("N8CA", "5ZWQ") and params.settings["voxelArrayShift"]:
+                continue
+            out[feature.ibsi] = _value(cls, feature, inputs[cls])
+    return out
