@@ -4,7 +4,8 @@ vertex is the midpoint of an edge between a voxel inside and one outside the ROI
 
 Triangulation: the classic marching-cubes triangle table (Lorensen & Cline; P. Bourke / C. G. Bloyd),
 first 128 configurations, in the variant PyRadiomics ships in ``cshape.c`` (BSD-3-Clause,
-Copyright 2017 Harvard Medical School; the licence is in LICENSE-pyradiomics.txt beside this file): it differs from Bourke's table in the triangulation of configurations
+Copyright 2017 Harvard Medical School; the licence is in LICENSE-pyradiomics.txt beside this
+file): it differs from Bourke's table in the triangulation of configurations
 30, 45, 51, 53, 60, 75, 83, 85, 86, 89, 92, 101, 105, 106, 120 and orders every triangle so that the
 signed volume is consistent. A configuration >= 128 is replaced by its complement (same triangles)
 and its signed volume negated, as PyRadiomics does.
