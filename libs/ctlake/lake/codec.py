@@ -13,8 +13,8 @@ Layout: a 16-byte header, then the payload.
 
 Byte shuffle puts all low bytes of an int16 volume before all high bytes; CT's high bytes are
 nearly constant, so zstd compresses them to almost nothing (measured on a noisy 512² synthetic
-chest: 2.3× vs 1.9× for plain zstd, and 5× faster to encode). Decoding checks the header and the length, so a corrupt slab is an error, never
-a silently wrong array.
+chest: 2.3× vs 1.9× for plain zstd, and 5× faster to encode). Decoding checks the header and
+the length, so a corrupt slab is an error, never a silently wrong array.
 """
 
 from __future__ import annotations
