@@ -135,6 +135,33 @@ def _audit_dict(audit) -> object:
     return dataclasses.asdict(audit) if dataclasses.is_dataclass(audit) else audit
 
 
+# --- volume ------------------------------------------------------------------------------
+def cmd_volume(args: argparse.Namespace) -> int:
+    from ctlake.imaging.series import SeriesRejected
+    from ctlake.imaging.volume import build_volume, read_series_folder, write_volume
+
+    spacing = tuple(float(v) for v in args.spacing.split(","))
+    if len(spacing) == 1:
+        spacing = spacing * 3
+    window = None if args.window == "none" else tuple(float(v) for v in args.window.split(","))
+    if len(spacing) != 3 or (window is not None and (len(window) != 2 or window[0] >= window[1])):
+        raise CtlakeError("--spacing takes 1 or 3 numbers (z,y,x mm); --window takes LOW,HIGH HU or 'none'",
+                          code="USAGE")
+    datasets = read_series_folder(Path(args.dicom_dir))
+    if not datasets:
+        raise CtlakeError(f"no DICOM files under {args.dicom_dir}", code="NO_DICOM")
+    try:
+        vol = build_volume(datasets, spacing_zyx_mm=spacing, window_hu=window, order=args.order)
+    except SeriesRejected as exc:
+        raise CtlakeError(str(exc), code=exc.code) from None
+    out = write_volume(vol, Path(args.out))
+    qc = vol.series.qc
+    flags = ", ".join(qc.flags) or "none"
+    _say(f"{len(vol.series.slices)} slices → {vol.array.shape} (z, y, x) at {vol.grid.spacing_zyx_mm} mm; "
+         f"QC flags: {flags}; wrote {out}")
+    return 0
+
+
 # --- config ------------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     import dataclasses
@@ -234,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-secondary", action="store_true",
                    help="an operator has cleared secondary captures / screen saves")
     p.set_defaults(func=cmd_deid)
+
+    p = sub.add_parser("volume", help="one DICOM series → a resampled HU volume (.nii.gz or .nrrd)",
+                       description="Assemble one CT series (QC flags, policies), convert to HU, clip to "
+                                   "the window and resample; writes NIfTI or NRRD with the full geometry.")
+    p.add_argument("dicom_dir", help="folder with the series' DICOM files")
+    p.add_argument("--out", required=True, help="FILE.nii.gz, FILE.nii or FILE.nrrd")
+    p.add_argument("--spacing", default="1", help="target spacing in mm: one number or z,y,x (default 1)")
+    p.add_argument("--window", default="-1000,400", help="HU clip window LOW,HIGH or 'none' (default -1000,400; write --window=-1100,300)")
+    p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
+    p.set_defaults(func=cmd_volume)
 
     p = sub.add_parser("config", help="print the resolved configuration of a profile")
     p.set_defaults(func=cmd_config)
