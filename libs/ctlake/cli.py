@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dicom_dir", help="folder with the series' DICOM files")
     p.add_argument("--out", required=True, help="FILE.nii.gz, FILE.nii or FILE.nrrd")
     p.add_argument("--spacing", default="1", help="target spacing in mm: one number or z,y,x (default 1)")
-    p.add_argument("--window", default="-1000,400", help="HU clip window LOW,HIGH or 'none' (default -1000,400; write --window=-1100,300)")
+    p.add_argument("--window", default="-1000,400",
+                   help="HU clip window LOW,HIGH or 'none' (default -1000,400; write --window=-1100,300)")
     p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
     p.set_defaults(func=cmd_volume)
 
