@@ -135,18 +135,46 @@ def _audit_dict(audit) -> object:
     return dataclasses.asdict(audit) if dataclasses.is_dataclass(audit) else audit
 
 
+# --- process ------------------------------------------------------------------------------
+def cmd_process(args: argparse.Namespace) -> int:
+    from ctlake.process.volumes import VolumeSettings, build_volumes
+    from ctlake.spark import get_spark
+
+    cfg = _config(args)
+    spacing = _spacing(args.spacing)
+    window = _window(args.window)
+    spark = get_spark(cfg, app_name=f"ctlake-process-{args.step}")
+    summary = build_volumes(spark, cfg, settings=VolumeSettings(spacing_zyx_mm=spacing, window_hu=window,
+                                                                order=args.order))
+    print(json.dumps(summary))
+    return 0
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) <= 0:
+        raise CtlakeError("--spacing takes 1 or 3 positive numbers (z,y,x mm)", code="USAGE")
+    return values
+
+
+def _window(text: str) -> tuple[float, float] | None:
+    if text == "none":
+        return None
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 2 or values[0] >= values[1]:
+        raise CtlakeError("--window takes LOW,HIGH HU with LOW < HIGH, or 'none'", code="USAGE")
+    return values
+
+
 # --- volume ------------------------------------------------------------------------------
 def cmd_volume(args: argparse.Namespace) -> int:
     from ctlake.imaging.series import SeriesRejected
     from ctlake.imaging.volume import build_volume, read_series_folder, write_volume
 
-    spacing = tuple(float(v) for v in args.spacing.split(","))
-    if len(spacing) == 1:
-        spacing = spacing * 3
-    window = None if args.window == "none" else tuple(float(v) for v in args.window.split(","))
-    if len(spacing) != 3 or (window is not None and (len(window) != 2 or window[0] >= window[1])):
-        raise CtlakeError("--spacing takes 1 or 3 numbers (z,y,x mm); --window takes LOW,HIGH HU or 'none'",
-                          code="USAGE")
+    spacing = _spacing(args.spacing)
+    window = _window(args.window)
     datasets = read_series_folder(Path(args.dicom_dir))
     if not datasets:
         raise CtlakeError(f"no DICOM files under {args.dicom_dir}", code="NO_DICOM")
@@ -272,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HU clip window LOW,HIGH or 'none' (default -1000,400; write --window=-1100,300)")
     p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
     p.set_defaults(func=cmd_volume)
+
+    p = sub.add_parser("process", help="batch jobs over the lake: volumes (bronze → silver)",
+                       description="volumes: every bronze series not yet in silver.ct_series → QC, HU, clip, "
+                                   "resample → silver.ct_series + silver.ct_volumes (refusals quarantined).")
+    p.add_argument("step", choices=["volumes"])
+    p.add_argument("--spacing", default="1", help="target spacing in mm: one number or z,y,x (default 1)")
+    p.add_argument("--window", default="-1000,400",
+                   help="HU clip window LOW,HIGH (default -1000,400; write --window=-1100,300)")
+    p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
+    p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("config", help="print the resolved configuration of a profile")
     p.set_defaults(func=cmd_config)

@@ -20,6 +20,50 @@ class Table:
     properties: tuple[tuple[str, str], ...] = ()   # Delta table properties set at creation
 
 
+# --- silver --------------------------------------------------------------------------------
+CT_SERIES = T.StructType([
+    T.StructField("series_instance_uid", T.StringType(), False),
+    T.StructField("study_instance_uid", T.StringType(), True),
+    T.StructField("patient_pseudo_id", T.StringType(), True),
+    T.StructField("status", T.StringType(), False),                       # built | refused
+    T.StructField("refusal_code", T.StringType(), True),
+    T.StructField("refusal_detail", T.StringType(), True),
+    T.StructField("qc_flags", T.ArrayType(T.StringType()), True),
+    T.StructField("qc_json", T.StringType(), True),                       # measured facts (steps, gaps, tilt …)
+    T.StructField("decisions", T.MapType(T.StringType(), T.StringType()), True),  # flag -> policy applied
+    T.StructField("slices", T.IntegerType(), True),
+    T.StructField("manufacturer", T.StringType(), True),
+    T.StructField("convolution_kernel", T.StringType(), True),
+    T.StructField("source_spacing_zyx_mm", T.ArrayType(T.DoubleType()), True),
+    T.StructField("source_shape_zyx", T.ArrayType(T.IntegerType()), True),
+    T.StructField("target_spacing_zyx_mm", T.ArrayType(T.DoubleType()), True),
+    T.StructField("shape_zyx", T.ArrayType(T.IntegerType()), True),       # of the resampled volume
+    T.StructField("origin_xyz_mm", T.ArrayType(T.DoubleType()), True),
+    T.StructField("direction", T.ArrayType(T.DoubleType()), True),        # 9, row-major, SimpleITK convention
+    T.StructField("window_hu", T.ArrayType(T.DoubleType()), True),
+    T.StructField("interpolation_order", T.IntegerType(), True),
+    T.StructField("slabs", T.IntegerType(), True),
+    T.StructField("bronze_version", T.LongType(), True),
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("built_at", T.TimestampType(), False),
+])
+
+CT_VOLUMES = T.StructType([
+    T.StructField("series_instance_uid", T.StringType(), False),
+    T.StructField("slab_index", T.IntegerType(), False),
+    T.StructField("z0", T.IntegerType(), False),                          # [z0, z1) of the volume
+    T.StructField("z1", T.IntegerType(), False),
+    T.StructField("dtype", T.StringType(), False),
+    T.StructField("slab_shape_zyx", T.ArrayType(T.IntegerType()), False),
+    T.StructField("codec", T.StringType(), False),                        # ctlake.lake.codec (CTT1)
+    T.StructField("data", T.BinaryType(), False),
+    T.StructField("volume_shape_zyx", T.ArrayType(T.IntegerType()), False),
+    T.StructField("spacing_zyx_mm", T.ArrayType(T.DoubleType()), False),
+    T.StructField("origin_xyz_mm", T.ArrayType(T.DoubleType()), False),
+    T.StructField("direction", T.ArrayType(T.DoubleType()), False),
+    T.StructField("run_id", T.StringType(), False),
+])
+
 PIPELINE_RUNS = T.StructType([
     T.StructField("run_id", T.StringType(), False),
     T.StructField("job", T.StringType(), False),
@@ -110,6 +154,11 @@ TABLES: dict[str, Table] = {
               description="everything that could not be taken, with stage, code and message",
               properties=(("delta.dataSkippingStatsColumns",
                            "quarantine_id,stage,error_code,content_sha256,ingested_at,ingest_run_id"),)),
+        Table("silver.ct_series", CT_SERIES, key=("series_instance_uid",),
+              description="one row per series: QC flags, policy decisions, source and target geometry"),
+        Table("silver.ct_volumes", CT_VOLUMES, key=("series_instance_uid", "slab_index"),
+              description="resampled, clipped HU volumes in z slabs of codec-compressed int16",
+              properties=(("delta.dataSkippingStatsColumns", "series_instance_uid,slab_index,z0,z1,run_id"),)),
         Table("ops.pipeline_runs", PIPELINE_RUNS, key=("run_id",),
               description="one row per job run: inputs' Delta versions, rows in/out, status, duration"),
     )
