@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from ctlake.config import LakeConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
