@@ -57,15 +57,15 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
     from ctlake.synth import SynthConfig, generate_cohort
 
     t0 = time.monotonic()
-    progress("1/6 starting local services (Kafka, MLflow, Elasticsearch)")
+    progress("1/7 starting local services (Kafka, MLflow, Elasticsearch)")
     services.up(cfg, None, progress=progress)
 
-    progress(f"2/6 synthesizing {patients} patients")
+    progress(f"2/7 synthesizing {patients} patients")
     out = cfg.state_dir / "demo" / "cohort"
     manifest = generate_cohort(out, SynthConfig(patients=patients, seed=seed, size=96),
                                overwrite=True)
 
-    progress("3/6 Kafka: de-identifying at the edge and sending every instance")
+    progress("3/7 Kafka: de-identifying at the edge and sending every instance")
     from ctlake.ingest import bronze
     from ctlake.ingest.producer import send
     from ctlake.lake import delta
@@ -79,7 +79,7 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
         sent += rep.sent
         n_refused += sum(rep.refused.values())
 
-    progress("4/6 Spark: Kafka → bronze.dicom_instances (checkpointed stream, drained)")
+    progress("4/7 Spark: Kafka → bronze.dicom_instances (checkpointed stream, drained)")
     spark = get_spark(cfg, app_name="ctlake-demo")
     bronze.stream(spark, cfg, topic=topic, available_now=True)
     from ctlake.ingest import views
@@ -93,7 +93,13 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
              "manufacturer": r["manufacturer"], "kernel": r["convolution_kernel"], "instances": r["instances"],
              "slice_thickness_mm": r["slice_thickness_mm"], "modalities": r["modalities"]} for r in series_rows]
 
-    progress("5/6 MLflow: logging a run with a preview image")
+    progress("5/7 Spark: bronze → silver.ct_series / silver.ct_volumes (QC, HU, clip, 1 mm)")
+    from ctlake.process.volumes import build_volumes
+
+    volumes = build_volumes(spark, cfg)
+    built = delta.read(spark, cfg, "silver.ct_series").filter("status = 'built'").count()
+
+    progress("6/7 MLflow: logging a run with a preview image")
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -111,7 +117,7 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
         mlflow.log_artifact(str(png))
         mlflow.set_tags({"ctlake.table": "bronze.dicom_instances", "ctlake.topic": topic})
 
-    progress("6/6 Elasticsearch: indexing the series")
+    progress("7/7 Elasticsearch: indexing the series")
     from elasticsearch import helpers
 
     from ctlake.index.client import es_client, index_name
@@ -134,8 +140,10 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
     summary = {
         "series": len(rows), "nodules": len(manifest.annotations), "instances_sent": sent,
         "bronze_instances": n_bronze, "quarantined": n_quarantine, "bronze_version": bronze_version,
+        "volumes_built": built, "volumes_this_run": volumes["built"],
         "es_docs": indexed, "lake": cfg.lake_root,
-        "tables": [cfg.table_path(t) for t in ("bronze.dicom_instances", "bronze.quarantine", "ops.pipeline_runs")],
+        "tables": [cfg.table_path(t) for t in ("bronze.dicom_instances", "bronze.quarantine", "silver.ct_series",
+                                               "silver.ct_volumes", "ops.pipeline_runs")],
         "cohort": str(out), "preview": str(png), "mlflow_run": mlflow_url,
         "elasticsearch": f"{cfg.elasticsearch.url}/{index}/_search", "seconds": round(time.monotonic() - t0, 1),
     }

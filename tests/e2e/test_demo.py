@@ -18,7 +18,7 @@ def test_demo_end_to_end(cfg, kafka, mlflow_server, elasticsearch, spark, tmp_pa
                           cwd=cfg.project_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(out.read_text())
-    assert summary["series"] == 2 and summary["es_docs"] == 2
+    assert summary["series"] == 2 and summary["es_docs"] == 2 and summary["volumes_built"] == 2
     assert summary["bronze_instances"] == summary["instances_sent"] > 0
     assert "ctlake demo: done" in proc.stdout and summary["mlflow_run"] in proc.stdout
     # the Delta tables are really there, readable by another Spark session
