@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 from ctlake.radiomics import RadiomicsSettingsError, extract, params_from_mapping
+from ctlake.radiomics.extract import FAMILIES
 
-CLASSES = ("firstorder", "shape", "glcm")
+CLASSES = ("firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 CASES = ("brain1", "breast1")
 RTOL = 1e-6
 # baseline column suffix -> why ctlake cannot reproduce it yet (extract must refuse it)
@@ -95,7 +96,8 @@ def test_supported_configurations_match_the_baseline(baseline_dir, cls, case):
                 failures.append(f"{column} {name}: got {got[name]!r}, baseline {ref!r}, rel diff {rel:.2e}")
             compared += 1
     assert not failures, "\n".join(failures)
-    assert compared >= 14  # shape: 14 features in one supported column
+    # every default feature of the class in at least the default column (ngtdm: 5, ..., glcm: 24)
+    assert compared >= sum(f.default for f in FAMILIES[cls].values())
 
 
 @pytest.mark.parametrize("cls", CLASSES)

@@ -1,6 +1,7 @@
 """Radiomics engine: IBSI chapter 1 definitions, PyRadiomics names and parameter files.
 
-One module per feature family (``firstorder``, ``shape``, ``glcm``), each with a ``FEATURES`` name
+One module per feature family (``firstorder``, ``shape``, ``glcm``, ``glrlm``, ``glszm``, ``gldm``,
+``ngtdm``), each with a ``FEATURES`` name
 table (PyRadiomics name -> function, IBSI code) and ``IBSI_ONLY`` for IBSI features PyRadiomics lacks
 or defines differently; ``discretise`` (fixed bin width / count / none); ``mesh`` (marching cubes);
 ``extract`` (``load_params``, ``extract``, ``extract_ibsi``). Pure numpy/scipy; never imports pyspark.

@@ -22,16 +22,18 @@ import yaml
 
 from ctlake.errors import CtlakeError
 
-from . import firstorder, glcm, shape
+from . import firstorder, glcm, gldm, glrlm, glszm, ngtdm, shape
 from ._table import Feature
 from .discretise import discretise
 
-FAMILIES: dict[str, dict[str, Feature]] = {
-    "firstorder": firstorder.FEATURES,
-    "shape": shape.FEATURES,
-    "glcm": glcm.FEATURES,
-}
-NOT_IMPLEMENTED_CLASSES = ("glrlm", "glszm", "gldm", "ngtdm", "shape2D")
+_MODULES = {"firstorder": firstorder, "shape": shape, "glcm": glcm, "glrlm": glrlm, "glszm": glszm,
+            "gldm": gldm, "ngtdm": ngtdm}
+FAMILIES: dict[str, dict[str, Feature]] = {cls: module.FEATURES for cls, module in _MODULES.items()}
+# IBSI features without a PyRadiomics name (or with a different PyRadiomics definition), per class
+IBSI_ONLY: dict[str, dict[str, Feature]] = {cls: module.IBSI_ONLY for cls, module in _MODULES.items()}
+# classes whose features are computed per direction and then averaged (weightingNorm None)
+_PER_DIRECTION = {"glcm": glcm.aggregate, "glrlm": glrlm.aggregate}
+NOT_IMPLEMENTED_CLASSES = ("shape2D",)
 
 # settings used by this engine, with PyRadiomics defaults
 DEFAULTS: dict[str, Any] = {
@@ -44,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "voxelArrayShift": 0,
     "weightingNorm": None,
     "symmetricalGLCM": True,
+    "gldm_a": 0,
 }
 # settings with no effect here (they act on logging, diagnostics, cropping or unimplemented classes)
 _IGNORED = {
@@ -55,7 +58,6 @@ _IGNORED = {
     "correctMask": "image and mask are arrays on one grid here",
     "minimumROIDimensions": "ROI size checks not implemented; an empty ROI is refused",
     "minimumROISize": "ROI size checks not implemented; an empty ROI is refused",
-    "gldm_a": "GLDM not implemented",
     "label_channel": "single-channel masks only",
     "normalizeScale": "only used with normalize",
     "resegmentMode": "only used with resegmentRange",
@@ -124,6 +126,8 @@ def params_from_mapping(doc: Mapping[str, Any] | None, *, source: str = "<mappin
                                      hint=f"use one of {glcm.WEIGHTING_NORMS}")
     if settings["binCount"] is None and not (settings["binWidth"] or 0) > 0:
         raise RadiomicsSettingsError(f"{source}: binWidth must be > 0, got {settings['binWidth']!r}")
+    if not (isinstance(settings["gldm_a"], int | float) and settings["gldm_a"] >= 0):
+        raise RadiomicsSettingsError(f"{source}: gldm_a must be a number >= 0, got {settings['gldm_a']!r}")
     distances = settings["distances"]
     if not distances or any(int(d) != d or d < 1 for d in distances):
         raise RadiomicsSettingsError(f"{source}: distances must be positive integers, got {distances!r}")
@@ -202,8 +206,12 @@ def _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params: Params) -> _Prepared:
     return _Prepared(x, levels, counts, mask, tuple(float(v) for v in spacing_zyx_mm))
 
 
-def _family_inputs(prep: _Prepared, params: Params, classes) -> dict[str, Any]:
+def _family_inputs(prep: _Prepared, params: Params, classes, *, ibsi: bool = False) -> dict[str, Any]:
+    """The input object of each class in ``classes``; ``ibsi`` True: IBSI conventions where PyRadiomics
+    differs (the NGTDM leaves voxels without a neighbour in the ROI out; the GLRLM keeps directions along
+    which the ROI is flat)."""
     s = params.settings
+    plane = {"force2d": bool(s["force2D"]), "force2d_dimension": int(s["force2Ddimension"])}
     out: dict[str, Any] = {}
     if "firstorder" in classes:
         out["firstorder"] = firstorder.FirstOrderInput(prep.x, prep.counts, float(np.prod(prep.spacing)),
@@ -213,14 +221,26 @@ def _family_inputs(prep: _Prepared, params: Params, classes) -> dict[str, Any]:
     if "glcm" in classes:
         p, grey = glcm.matrices(prep.levels_zyx, prep.spacing, distances=tuple(s["distances"]),
                                 symmetric=bool(s["symmetricalGLCM"]), weighting_norm=s["weightingNorm"],
-                                force2d=bool(s["force2D"]), force2d_dimension=int(s["force2Ddimension"]))
+                                **plane)
         out["glcm"] = glcm.coefficients(p, grey)
+    if "glrlm" in classes:
+        p, grey = glrlm.matrices(prep.levels_zyx, prep.spacing, weighting_norm=s["weightingNorm"],
+                                 drop_flat=not ibsi, **plane)
+        out["glrlm"] = glrlm.coefficients(p, grey)
+    if "glszm" in classes:
+        out["glszm"] = glrlm.coefficients(*glszm.zone_matrix(prep.levels_zyx, **plane))
+    if "gldm" in classes:
+        out["gldm"] = glrlm.coefficients(*gldm.dependence_matrix(
+            prep.levels_zyx, alpha=s["gldm_a"], distances=tuple(s["distances"]), **plane))
+    if "ngtdm" in classes:
+        out["ngtdm"] = ngtdm.matrix(prep.levels_zyx, distances=tuple(s["distances"]), exclude_isolated=ibsi,
+                                    **plane)
     return out
 
 
 def _value(cls: str, feature: Feature, data: Any) -> float:
     value = feature.fn(data)
-    return glcm.aggregate(value) if cls == "glcm" else float(value)
+    return _PER_DIRECTION[cls](value) if cls in _PER_DIRECTION else float(value)
 
 
 def _check(params: Params, strict: bool) -> None:
@@ -250,17 +270,18 @@ def extract_ibsi(image_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx_mm: tu
                  params: Params | None = None, *, strict: bool = True) -> dict[str, float]:
     """Values keyed by IBSI code, for every implemented feature whose value equals an IBSI definition
     under ``params`` (Energy and RMS only with voxelArrayShift 0; PyRadiomics Kurtosis is replaced by
-    IBSI excess kurtosis). GLCM aggregation follows weightingNorm: None = IBSI "3D, averaged",
-    'no_weighting' = "3D, merged"."""
+    IBSI excess kurtosis; NGTDM without isolated voxels; GLRLM with flat directions). GLCM and GLRLM aggregation follows
+    weightingNorm: None = IBSI "3D, averaged", 'no_weighting' = "3D, merged"; with force2D the same give
+    "2.5D, direction-merged" and "2.5D, merged", and GLSZM, GLDM (IBSI NGLDM) and NGTDM give IBSI "2.5D"
+    (else "3D")."""
     params = params or params_from_mapping(None)
     _check(params, strict)
     classes = [c for c in FAMILIES if c in params.feature_classes]
     prep = _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params)
-    inputs = _family_inputs(prep, params, classes)
-    extra = {"firstorder": firstorder.IBSI_ONLY, "shape": shape.IBSI_ONLY, "glcm": glcm.IBSI_ONLY}
+    inputs = _family_inputs(prep, params, classes, ibsi=True)
     out: dict[str, float] = {}
     for cls in classes:
-        for feature in [*FAMILIES[cls].values(), *extra[cls].values()]:
+        for feature in [*FAMILIES[cls].values(), *IBSI_ONLY[cls].values()]:
             if feature.ibsi is None:
                 continue
             if cls == "firstorder" and feature.ibsi in ("N8CA", "5ZWQ") and params.settings["voxelArrayShift"]:
