@@ -226,6 +226,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_volume_args(p: argparse.ArgumentParser) -> None:
+    """--spacing / --window / --order, shared by `volume` and `process volumes`."""
+    p.add_argument("--spacing", default="1", help="target spacing in mm: one number or z,y,x (default 1)")
+    p.add_argument("--window", default="-1000,400",
+                   help="HU clip window LOW,HIGH or 'none' (default -1000,400; write --window=-1100,300)")
+    p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctlake",
@@ -295,20 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the window and resample; writes NIfTI or NRRD with the full geometry.")
     p.add_argument("dicom_dir", help="folder with the series' DICOM files")
     p.add_argument("--out", required=True, help="FILE.nii.gz, FILE.nii or FILE.nrrd")
-    p.add_argument("--spacing", default="1", help="target spacing in mm: one number or z,y,x (default 1)")
-    p.add_argument("--window", default="-1000,400",
-                   help="HU clip window LOW,HIGH or 'none' (default -1000,400; write --window=-1100,300)")
-    p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
+    _add_volume_args(p)
     p.set_defaults(func=cmd_volume)
 
     p = sub.add_parser("process", help="batch jobs over the lake: volumes (bronze → silver)",
                        description="volumes: every bronze series not yet in silver.ct_series → QC, HU, clip, "
                                    "resample → silver.ct_series + silver.ct_volumes (refusals quarantined).")
     p.add_argument("step", choices=["volumes"])
-    p.add_argument("--spacing", default="1", help="target spacing in mm: one number or z,y,x (default 1)")
-    p.add_argument("--window", default="-1000,400",
-                   help="HU clip window LOW,HIGH (default -1000,400; write --window=-1100,300)")
-    p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
+    _add_volume_args(p)
     p.set_defaults(func=cmd_process)
 
     p = sub.add_parser("config", help="print the resolved configuration of a profile")
