@@ -37,7 +37,7 @@ class VolumeSettings:
     """How volumes are built (DESIGN §5 defaults): target spacing (z, y, x) mm, HU window, order."""
 
     spacing_zyx_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    window_hu: tuple[float, float] = (-1000.0, 400.0)
+    window_hu: tuple[float, float] | None = (-1000.0, 400.0)   # None: no clipping
     order: int = 1
     slab_bytes: int = 4 * 1024 * 1024
 
@@ -73,7 +73,8 @@ def build_series_rows(instances: pd.DataFrame, settings: VolumeSettings, *, run_
     base = {"series_instance_uid": uid, "study_instance_uid": first.get("study_instance_uid"),
             "patient_pseudo_id": first.get("patient_pseudo_id"), "run_id": run_id, "built_at": now,
             "manufacturer": first.get("manufacturer"), "convolution_kernel": first.get("convolution_kernel"),
-            "bronze_version": bronze_version, "window_hu": list(settings.window_hu),
+            "bronze_version": bronze_version,
+            "window_hu": list(settings.window_hu) if settings.window_hu is not None else None,
             "target_spacing_zyx_mm": list(settings.spacing_zyx_mm), "interpolation_order": settings.order}
 
     def refused(code: str, detail: str, qc: dict | None = None, flags=()) -> list[dict]:
