@@ -14,8 +14,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,24 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import machine, versions  # bench/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpu_model": cpu}
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    return {p: md.version(p) for p in ("pyspark", "delta-spark", "pydicom", "kafka-python", "pyarrow", "numpy")}
 
 
 def peer_parse_per_s(blobs: list[bytes]) -> float:
@@ -110,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         result = {"instances": n, "mb": round(mb, 1), "raw_parse_per_s": round(raw, 1),
                   "kafka_to_bronze_per_s": round(ours, 1), "ratio": round(ours / raw, 3),
                   "send_per_s": round(rep.sent / rep.seconds, 1), "slice_size": args.size,
-                  "spark_master": cfg.spark.master, "versions": versions(), "machine": machine(),
+                  "spark_master": cfg.spark.master,
+                  "versions": versions("pyspark", "delta-spark", "pydicom", "kafka-python", "pyarrow", "numpy"),
+                  "machine": machine(),
                   "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -25,31 +25,14 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import machine, versions  # noqa: E402  (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpu_model": cpu}
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    return {p: md.version(p) for p in ("numpy", "scipy", "SimpleITK")}
 
 
 def memcpy_gb_per_s(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
@@ -152,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "memcpy_bound_s": round(moved / (memcpy * 1e9), 4),
         "repeats": {"ours": args.repeats, "sitk": args.sitk_repeats},
         "threads": 1,
-        "versions": versions(),
+        "versions": versions("numpy", "scipy", "SimpleITK"),
         "machine": machine(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
