@@ -17,7 +17,7 @@ say() { echo "[bootstrap] $*" >&2; }
 command -v "$PYTHON" >/dev/null || { say "need $PYTHON on PATH"; exit 2; }
 PYVER=$("$PYTHON" -c 'import sys; print("%d%d" % sys.version_info[:2])')
 [ "$PYVER" = "311" ] || { say "ctlake's stack is pinned for Python 3.11, $PYTHON is $PYVER"; exit 2; }
-HASH=$(cat requirements/lock.txt infra/local/bootstrap.sh | sha256sum | cut -c1-12)
+HASH=$(cat requirements/lock.txt | sha256sum | cut -c1-12)   # the venv changes only with the lock
 VENV=$CACHE/venv/py$PYVER-$HASH
 
 if [ ! -f "$VENV/.complete" ]; then
@@ -36,6 +36,11 @@ ln -sfn "$VENV" .venv
 if ! "$VENV/bin/python" -c 'import horovod.torch' 2>/dev/null; then
   WHEEL=$(bash infra/horovod/build_wheel.sh "$VENV/bin/python" "$CACHE/wheels" | tail -n 1)
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "$WHEEL"
+fi
+
+# test/bench-only packages (pyradiomics, the peer of the radiomics engine): idempotent
+if [ -f infra/local/install_test_deps.sh ]; then
+  bash infra/local/install_test_deps.sh "$VENV/bin/python"
 fi
 
 # ctlake from this checkout (the venv is shared, so re-point it when another clone used it).

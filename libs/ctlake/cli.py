@@ -190,6 +190,25 @@ def cmd_volume(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- features ----------------------------------------------------------------------------
+def cmd_features(args: argparse.Namespace) -> int:
+    import csv
+
+    from ctlake.radiomics import extract, load_params, params_from_mapping
+    from ctlake.radiomics.io import load_case
+
+    params = load_params(args.params) if args.params else params_from_mapping(None)
+    case = load_case(args.image, args.mask, label=args.label)
+    features = extract(case.image_zyx, case.mask_zyx, case.spacing_zyx_mm, params)
+    if args.format == "json":
+        print(json.dumps(features, indent=2))
+    else:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["feature", "value"])
+        writer.writerows(features.items())
+    return 0
+
+
 # --- config ------------------------------------------------------------------------------
 def cmd_config(args: argparse.Namespace) -> int:
     import dataclasses
@@ -312,6 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("step", choices=["volumes"])
     _add_volume_args(p)
     p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("features", help="radiomics features of one case (IBSI definitions, PyRadiomics names)",
+                       description="Like pyradiomics' command line: IMAGE (NIfTI, NRRD or a DICOM series "
+                                   "folder) and MASK (NIfTI or NRRD on the same grid) → features named "
+                                   "original_<class>_<Feature>, with a PyRadiomics parameter file as it is.")
+    p.add_argument("image", help="image: .nii/.nii.gz/.nrrd or a DICOM series folder")
+    p.add_argument("mask", help="mask: .nii/.nii.gz/.nrrd on the image's grid")
+    p.add_argument("--params", help="PyRadiomics parameter YAML (default: PyRadiomics defaults, every class)")
+    p.add_argument("--label", type=int, default=1, help="mask label of the ROI (default 1)")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("config", help="print the resolved configuration of a profile")
     p.set_defaults(func=cmd_config)

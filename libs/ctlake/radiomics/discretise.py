@@ -86,3 +86,15 @@ def discretise(values: np.ndarray, *, mode: Mode = "width", bin_width: float = 2
     else:
         raise ValueError(f"unknown discretisation mode {mode!r}; use 'width', 'count' or 'none'")
     return Discretised(np.digitize(values.astype(np.float64), edges).astype(np.int64), edges)
+
+
+def levels_present(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(levels, return_inverse=True)`` for a 1-D array of non-negative integer grey levels,
+    by counting instead of sorting: the distinct levels, ascending (input dtype), and for every input
+    value the index of its level among them (int64). Falls back to np.unique for other input."""
+    lv = np.asarray(levels)
+    if lv.ndim != 1 or lv.dtype.kind not in "iu" or lv.size == 0 or lv.min() < 0 or lv.max() > 4 * lv.size + 4096:
+        return np.unique(lv, return_inverse=True)
+    seen = np.bincount(lv)
+    rank = np.cumsum(seen > 0) - 1
+    return np.flatnonzero(seen).astype(lv.dtype), rank[lv]

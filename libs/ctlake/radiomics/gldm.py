@@ -28,6 +28,7 @@ import numpy as np
 
 from . import glrlm
 from ._table import Feature
+from .discretise import levels_present
 from .glcm import directions
 from .glrlm import MatrixCoefficients
 
@@ -44,6 +45,17 @@ def neighbour_view(padded: np.ndarray, offset, radius: int) -> np.ndarray:
     return padded[tuple(slice(radius + o, padded.shape[ax] - radius + o) for ax, o in enumerate(offset))]
 
 
+def compact_levels(levels_zyx: np.ndarray) -> np.ndarray:
+    """The grey level array in the smallest of int16 / int32 / int64 that holds it (same values):
+    less memory to stream through the neighbour loops."""
+    lv = np.asarray(levels_zyx)
+    top = int(lv.max()) if lv.size else 0
+    for dtype in (np.int16, np.int32):
+        if top <= np.iinfo(dtype).max // 32:     # room for sums over 26 neighbours (NGTDM)
+            return lv.astype(dtype)
+    return lv.astype(np.int64)
+
+
 def dependence_matrix(levels_zyx: np.ndarray, *, alpha: float = 0, distances=(1,), force2d: bool = False,
                       force2d_dimension: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Dependence matrix (1, n, K) over the n grey levels present (rows) and dependence counts 1..K
@@ -55,13 +67,17 @@ def dependence_matrix(levels_zyx: np.ndarray, *, alpha: float = 0, distances=(1,
         raise ValueError("GLDM needs at least one ROI voxel (grey level > 0)")
     offsets = neighbour_offsets(distances, force2d=force2d, force2d_dimension=force2d_dimension)
     radius = int(max(distances))
-    padded = np.pad(lv, radius)
-    dependent = np.zeros(lv.shape, dtype=np.int64)
+    small = compact_levels(lv)
+    padded = np.pad(small, radius)
+    dependent = np.zeros(lv.shape, dtype=np.uint8 if len(offsets) < 255 else np.int32)
     for off in offsets:
         nb = neighbour_view(padded, off, radius)
-        dependent += (nb > 0) & (np.abs(nb - lv) <= alpha)
+        if alpha == 0:   # only ROI voxels (level > 0) are read below, and there nb == level implies nb > 0
+            dependent += nb == small
+        else:
+            dependent += (nb > 0) & (np.abs(nb.astype(np.int64) - lv) <= alpha)
     roi = lv > 0
-    present, row = np.unique(lv[roi], return_inverse=True)
+    present, row = levels_present(lv[roi])
     n_k = len(offsets) + 1
     p = np.bincount(row * n_k + dependent[roi], minlength=len(present) * n_k).reshape(1, len(present), n_k)
     last = int(np.flatnonzero(p.sum(axis=(0, 1)))[-1]) + 1

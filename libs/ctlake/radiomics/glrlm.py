@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._table import Feature
-from .glcm import directions
+from .discretise import levels_present
+from .glcm import directions, nanmean
 
 EPS = float(np.spacing(1))
 WEIGHTING_NORMS = (None, "no_weighting", "manhattan", "euclidean", "infinity")
@@ -91,7 +92,7 @@ def matrices(levels_zyx: np.ndarray, spacing_zyx_mm, *, weighting_norm: str | No
     coords = np.argwhere(lv > 0)
     if not len(coords):
         raise ValueError("GLRLM needs at least one ROI voxel (grey level > 0)")
-    present, row = np.unique(lv[tuple(coords.T)], return_inverse=True)
+    present, row = levels_present(lv[tuple(coords.T)])
     offsets = directions((1,), force2d=force2d, force2d_dimension=force2d_dimension)
     n, n_len = len(present), max(lv.shape)
     p = np.zeros((len(offsets), n * n_len), dtype=np.float64)
@@ -260,4 +261,4 @@ def aggregate(values: np.ndarray) -> float:
     """Mean over the directions (PyRadiomics ``nanmean``); a merged matrix gives its value; NaN when
     no direction has a run (a single-voxel ROI)."""
     values = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(values)) if values.size else float("nan")
+    return nanmean(values) if values.size else float("nan")

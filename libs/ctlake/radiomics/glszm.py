@@ -4,7 +4,8 @@ Matrix: a zone is a connected set of ROI voxels with one grey level; connected =
 (offsets with infinity norm 1), 8-connectivity in the plane with force2D (zones then never span
 slices). P(i, j) counts the zones of grey level i and size j voxels; one matrix for the whole ROI
 (IBSI "3D"; with force2D IBSI "2.5D", every slice's zones in one matrix). Rows are the grey levels
-present in the ROI (values, not ranks). Zones are found by :func:`scipy.ndimage.label` per grey level.
+present in the ROI (values, not ranks). Zones are the connected components of equal-level neighbours
+(:func:`zone_matrix`).
 
 Let i be the grey levels, j the zone sizes, N_z = sum_ij P(i,j) the number of zones,
 N_p = sum_ij j P(i,j) the ROI voxel count, p = P / N_z, s(j) = sum_i P(i,j), g(i) = sum_j P(i,j).
@@ -15,10 +16,13 @@ same); each function below delegates to its :mod:`.glrlm` twin and returns one v
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from . import glrlm
 from ._table import Feature
+from .discretise import levels_present
+from .glcm import directions
 from .glrlm import MatrixCoefficients
 
 
@@ -37,21 +41,37 @@ def connectivity(*, force2d: bool = False, force2d_dimension: int = 0) -> np.nda
 def zone_matrix(levels_zyx: np.ndarray, *, force2d: bool = False, force2d_dimension: int = 0,
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Size zone matrix (1, n, S) over the n grey levels present (rows) and zone sizes 1..S (columns),
-    and those grey levels (n,)."""
+    and those grey levels (n,).
+
+    Zones are the connected components of the graph whose nodes are the ROI voxels and whose edges
+    join two voxels of equal grey level that are neighbours under :func:`connectivity` (one edge per
+    +/- offset pair, :func:`.glcm.directions`); one pass for all grey levels, the same zones as
+    labelling each level's voxels with that structuring element."""
     lv = np.asarray(levels_zyx, dtype=np.int64)
     if not (lv > 0).any():
         raise ValueError("GLSZM needs at least one ROI voxel (grey level > 0)")
-    present = np.unique(lv[lv > 0])
-    structure = connectivity(force2d=force2d, force2d_dimension=force2d_dimension)
-    rows, sizes = [], []
-    for row, level in enumerate(present):
-        labels, n_zones = ndimage.label(lv == level, structure=structure)
-        zone_sizes = np.bincount(labels.ravel(), minlength=n_zones + 1)[1:]
-        rows.append(np.full(n_zones, row))
-        sizes.append(zone_sizes)
-    row_idx, size = np.concatenate(rows), np.concatenate(sizes)
-    n_sizes = int(size.max())
-    p = np.bincount(row_idx * n_sizes + size - 1, minlength=len(present) * n_sizes)
+    padded = np.pad(lv, 1)                      # every neighbour index stays inside the array
+    flat = padded.ravel()
+    roi = np.flatnonzero(flat)
+    grey = flat[roi]
+    n = len(roi)
+    node = np.full(flat.size, -1, dtype=np.int32 if n < 2**31 else np.int64)   # voxel index -> node
+    node[roi] = np.arange(n)
+    strides = np.asarray(padded.strides) // padded.itemsize
+    src, dst = [], []
+    for step in directions((1,), force2d=force2d, force2d_dimension=force2d_dimension) @ strides:
+        same = flat[roi + step] == grey         # a neighbour outside the ROI has level 0 != grey
+        src.append(np.flatnonzero(same))
+        dst.append(node[roi[same] + step])
+    src_all, dst_all = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(len(src_all), dtype=np.int8), (src_all, dst_all)), shape=(n, n)).tocsr()
+    n_zones, zone = connected_components(graph, directed=False)
+    zone_sizes = np.bincount(zone, minlength=n_zones)
+    present, level_row = levels_present(grey)
+    row_idx = np.empty(n_zones, dtype=np.int64)
+    row_idx[zone] = level_row                   # every voxel of a zone has the zone's grey level
+    n_sizes = int(zone_sizes.max())
+    p = np.bincount(row_idx * n_sizes + zone_sizes - 1, minlength=len(present) * n_sizes)
     return p.reshape(1, len(present), n_sizes).astype(np.float64), present
 
 

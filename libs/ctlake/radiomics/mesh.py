@@ -91,14 +91,21 @@ def crop_pad(mask_zyx: np.ndarray, pad: int = 1) -> np.ndarray:
     return np.pad(mask[box], pad, mode="constant", constant_values=False)
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three components of the row-wise cross product a x b of (n, 3) arrays, with the products
+    and differences of ``np.cross`` (same values, less overhead)."""
+    return (a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])
+
+
 def marching_cubes(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> Mesh:
     """Surface area, volume and vertices of the marching-cubes mesh of a binary mask (see module doc)."""
     m = crop_pad(mask_zyx, 1)
     spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
     nz, ny, nx = (s - 1 for s in m.shape)
-    idx = np.zeros((nz, ny, nx), dtype=np.int64)
+    idx = np.zeros((nz, ny, nx), dtype=np.uint8)
     for k, (dz, dy, dx) in enumerate(_CORNERS):
-        idx |= m[dz:dz + nz, dy:dy + ny, dx:dx + nx].astype(np.int64) << k
+        idx |= m[dz:dz + nz, dy:dy + ny, dx:dx + nx].view(np.uint8) << np.uint8(k)
     flip = (idx & 0x80) != 0
     idx[flip] ^= 0xFF
     surface = np.nonzero(idx)
@@ -118,8 +125,9 @@ def marching_cubes(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, flo
         a = (o + _EDGE_MIDPOINTS[edges[:, 0]]) * spacing
         b = (o + _EDGE_MIDPOINTS[edges[:, 1]]) * spacing
         c = (o + _EDGE_MIDPOINTS[edges[:, 2]]) * spacing
-        volume6 += float(np.sum(sign[sel] * np.einsum("ij,ij->i", np.cross(a, b), c)))
-        area += float(np.sum(0.5 * np.linalg.norm(np.cross(a - c, b - c), axis=1)))
+        volume6 += float(np.sum(sign[sel] * np.einsum("ij,ij->i", np.stack(_cross(a, b), axis=1), c)))
+        x, y, z = _cross(a - c, b - c)
+        area += float(np.sum(0.5 * np.sqrt(x * x + y * y + z * z)))
 
     verts2 = []
     for axis in range(3):

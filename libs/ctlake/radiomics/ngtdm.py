@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._table import Feature
-from .gldm import neighbour_offsets, neighbour_view
+from .discretise import levels_present
+from .gldm import compact_levels, neighbour_offsets, neighbour_view
 
 
 @dataclass(frozen=True)
@@ -47,22 +48,26 @@ def matrix(levels_zyx: np.ndarray, *, distances=(1,), force2d: bool = False, for
     if not (lv > 0).any():
         raise ValueError("NGTDM needs at least one ROI voxel (grey level > 0)")
     radius = int(max(distances))
-    padded = np.pad(lv, radius)
-    total = np.zeros(lv.shape, dtype=np.int64)
-    count = np.zeros(lv.shape, dtype=np.int64)
-    for off in neighbour_offsets(distances, force2d=force2d, force2d_dimension=force2d_dimension):
+    offsets = neighbour_offsets(distances, force2d=force2d, force2d_dimension=force2d_dimension)
+    small = compact_levels(lv)
+    if len(offsets) > 30:      # compact_levels leaves room for 32 neighbours; more need 64 bits
+        small = lv
+    padded = np.pad(small, radius)
+    total = np.zeros(lv.shape, dtype=small.dtype)
+    count = np.zeros(lv.shape, dtype=np.int32)
+    for off in offsets:
         nb = neighbour_view(padded, off, radius)
         total += nb
         count += nb > 0
     roi = lv > 0
-    grey, total, count = lv[roi], total[roi], count[roi]
+    grey, total, count = lv[roi], total[roi].astype(np.int64), count[roi].astype(np.int64)
     if exclude_isolated:
         keep = count > 0
         grey, total, count = grey[keep], total[keep], count[keep]
     has = count > 0
     diff = np.zeros(len(grey))
     diff[has] = np.abs(grey[has] - total[has] / count[has])
-    levels, row = np.unique(grey, return_inverse=True)
+    levels, row = levels_present(grey)
     n_i = np.bincount(row, minlength=len(levels)).astype(np.float64)
     s_i = np.bincount(row, weights=diff, minlength=len(levels))
     n_vp = float(n_i.sum())

@@ -52,39 +52,94 @@ def axis_eigenvalues(mask_zyx: np.ndarray, spacing_zyx_mm) -> np.ndarray:
     return ev
 
 
-def _max_sq_distance(points: np.ndarray) -> float:
+def _max_sq_distance(points: np.ndarray, brute_force_below: int = 200) -> float:
     """Largest squared pairwise distance; brute force over the convex hull vertices when a hull
-    exists (it always contains the farthest pair), over all points when the points are degenerate."""
+    exists (it always contains the farthest pair), over all points when the points are degenerate or
+    fewer than ``brute_force_below`` (then the pairs cost less than the hull).
+    d^2 = sum_c (p_c - q_c)^2, added coordinate by coordinate in axis order."""
     if len(points) < 2:
         return 0.0
-    if len(points) > points.shape[1] + 1:
+    if len(points) > max(points.shape[1] + 1, brute_force_below):
         try:
             points = points[ConvexHull(points).vertices]
         except QhullError:  # flat or collinear point set: no hull, use all points
             pass
+    cols = [np.ascontiguousarray(points[:, c]) for c in range(points.shape[1])]
     best = 0.0
-    for start in range(0, len(points), 2048):
-        block = points[start:start + 2048]
-        d2 = ((block[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+    for start in range(0, len(points), 1024):
+        d2 = (cols[0][start:start + 1024, None] - cols[0][None, :]) ** 2
+        for col in cols[1:]:
+            d2 += (col[start:start + 1024, None] - col[None, :]) ** 2
         best = max(best, float(d2.max()))
+    return best
+
+
+def _line_ends(key2: np.ndarray) -> list[np.ndarray]:
+    """For each axis a, bool (n,): the point has the smallest or the largest ``key2[:, a]`` of the
+    points sharing its other two (integer) coordinates, i.e. it ends its axis-parallel line. A point
+    strictly between two others on a line is no vertex of any convex hull that holds them, so the
+    farthest pair of a point set (in 3D, or within a plane) is among the points that end their lines
+    (all three axes in 3D; the two in-plane axes within a plane)."""
+    key2 = np.asarray(key2, dtype=np.int64)
+    if not len(key2):
+        return [np.zeros(0, dtype=bool)] * 3
+    radix = int(key2.max()) + 1
+    ends = []
+    for axis in range(3):
+        a, b = (m for m in range(3) if m != axis)
+        line = key2[:, a] * radix + key2[:, b]
+        order = np.argsort(line * radix + key2[:, axis])
+        sorted_line = line[order]
+        cut = sorted_line[1:] != sorted_line[:-1]
+        end = np.zeros(len(key2), dtype=bool)
+        end[order[np.concatenate(([True], cut))]] = True     # first of its line
+        end[order[np.concatenate((cut, [True]))]] = True     # last of its line
+        ends.append(end)
+    return ends
+
+
+def _max_sq_distance_per_plane(points: np.ndarray, plane: np.ndarray, max_pairs: int = 1 << 20) -> float:
+    """Largest squared distance between two of ``points`` (n, 2) with equal ``plane`` keys (n,).
+    The planes, ordered by their number of points, go in chunks; in a chunk every plane's points are
+    padded to the chunk's largest count K with copies of the plane's first point (a copy adds no new
+    distance), and the (planes, K, K) squared distances are formed at once."""
+    if len(points) < 2:
+        return 0.0
+    order = np.argsort(plane, kind="stable")
+    a, b, key = points[order, 0], points[order, 1], plane[order]
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    counts = np.diff(np.append(starts, len(key)))
+    by_size = np.argsort(counts, kind="stable")
+    starts, counts = starts[by_size], counts[by_size]
+    best = 0.0
+    first = int(np.searchsorted(counts, 2))                    # planes with one point have no pair
+    while first < len(counts):
+        k = int(counts[min(first + 15, len(counts) - 1)])
+        last = min(int(np.searchsorted(counts, k, side="right")), first + max(1, max_pairs // (k * k)))
+        k = int(counts[last - 1])
+        slot = np.arange(k)
+        index = starts[first:last, None] + np.where(slot[None, :] < counts[first:last, None], slot[None, :], 0)
+        ca, cb = a[index], b[index]                                                   # (planes, K)
+        d2 = (ca[:, :, None] - ca[:, None, :]) ** 2
+        d2 += (cb[:, :, None] - cb[:, None, :]) ** 2
+        best = max(best, float(d2.max()))
+        first = last
     return best
 
 
 def mesh_diameters(mesh: Mesh) -> tuple[float, float, float, float]:
     r"""(Maximum2DDiameterSlice, ...Column, ...Row, Maximum3DDiameter) in mm: max ||v_a - v_b|| over
-    mesh vertex pairs with equal z (slice), equal y (column), equal x (row), and over all pairs."""
+    mesh vertex pairs with equal z (slice), equal y (column), equal x (row), and over all pairs.
+    Only vertices that end their axis-parallel lines can be in the farthest pair (:func:`_line_ends`);
+    the others are left out before the pairs are formed."""
     v, key = mesh.vertices_mm, mesh.vertex_index2
+    ends = _line_ends(key)
     planar = []
     for axis in range(3):
-        others = [a for a in range(3) if a != axis]
-        order = np.argsort(key[:, axis], kind="stable")
-        k_sorted = key[order, axis]
-        cuts = np.flatnonzero(np.diff(k_sorted)) + 1
-        best = 0.0
-        for group in np.split(order, cuts):
-            best = max(best, _max_sq_distance(v[group][:, others]))
-        planar.append(np.sqrt(best))
-    return planar[0], planar[1], planar[2], float(np.sqrt(_max_sq_distance(v)))
+        a, b = (m for m in range(3) if m != axis)
+        keep = ends[a] & ends[b]
+        planar.append(np.sqrt(_max_sq_distance_per_plane(v[keep][:, [a, b]], key[keep, axis])))
+    return planar[0], planar[1], planar[2], float(np.sqrt(_max_sq_distance(v[ends[0] & ends[1] & ends[2]])))
 
 
 def mesh_volume(d: ShapeInput) -> float:
