@@ -8,9 +8,7 @@ batch run appends one ``ops.pipeline_runs`` row, keyed so that a replay rewrites
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
 import sys
 import time
 import uuid
@@ -19,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from ctlake.config import Config
 from ctlake.lake import delta
-from ctlake.lake.schemas import DICOM_INSTANCES, PIPELINE_RUNS, QUARANTINE
+from ctlake.lake.runs import record_run, utcnow
+from ctlake.lake.schemas import DICOM_INSTANCES, QUARANTINE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,10 +42,6 @@ def _union_schema():
     return T.StructType(list(fields.values()))
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
 def _relpath(path: str, base: str) -> str:
     path = path.removeprefix("file://").removeprefix("file:")
     return path[len(base):].lstrip("/") if base and path.startswith(base) else path
@@ -66,7 +61,7 @@ def _process_frames(frames: Iterator[pd.DataFrame], *, run_id: str, kind: str, k
     profile = DeidProfile(site_key=key) if deidentify and key else None
     for frame in frames:
         out = []
-        now = _utcnow()
+        now = utcnow()
         for row in frame.itertuples(index=False):
             if kind == "kafka":
                 headers = {h["key"]: (bytes(h["value"]) if h["value"] is not None else b"")
@@ -221,18 +216,6 @@ def _duplicates_to_quarantine(df: DataFrame):
         "ingest_run_id", "ingested_at")
 
 
-def record_run(spark: SparkSession, cfg: Config, *, run_id: str, job: str, started: dt.datetime,
-               status: str, rows_in: int, rows_out: int, output_versions: dict, params: dict,
-               error: str | None = None, txn: tuple[str, int] | None = None) -> None:
-    """Append one ``ops.pipeline_runs`` row. ``txn`` = (app id, version): Delta skips the append
-    when that pair was already committed, so a replayed micro-batch records its run once."""
-    ended = _utcnow()
-    row = [(run_id, job, status, started, ended, (ended - started).total_seconds(), rows_in, rows_out,
-            {}, output_versions, json.dumps(params, default=str), error, cfg.profile)]
-    delta.write(spark, cfg, spark.createDataFrame(row, PIPELINE_RUNS), "ops.pipeline_runs", mode="append",
-                count=False, txn=txn)
-
-
 def ingest_folder(spark: SparkSession, cfg: Config, folder: str, *, deidentify: bool = True,
                   run_id: str | None = None) -> dict:
     """Batch twin of the stream: every file under ``folder`` → bronze or quarantine."""
@@ -240,7 +223,7 @@ def ingest_folder(spark: SparkSession, cfg: Config, folder: str, *, deidentify: 
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_RECORDS_PER_BATCH))
     run_id = run_id or f"ingest_folder:{uuid.uuid4().hex}"
-    started = _utcnow()
+    started = utcnow()
     key = site_key(cfg)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder) \
         .select("path", "content")
@@ -278,7 +261,7 @@ def stream(spark: SparkSession, cfg: Config, *, topic: str | None = None, availa
     stream_id = hashlib.sha256(checkpoint.encode()).hexdigest()[:12]
 
     def write_batch(batch_df: DataFrame, batch_id: int) -> None:
-        started = _utcnow()
+        started = utcnow()
         run_id = f"ingest_stream:{stream_id}:{batch_id}"
         t0 = time.monotonic()
         processed = process_frame(batch_df, run_id=run_id, kind="kafka")

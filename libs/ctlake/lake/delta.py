@@ -76,9 +76,12 @@ def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
                 builder = builder.property(key, value)
             builder.execute()
         except Exception as exc:  # noqa: BLE001 - two writers creating the table at once
-            if attempt == retries or not _is_write_conflict(exc):
+            # the other writer may be half-way through its first commit: the folder exists but is
+            # not a Delta table yet; a moment later it is
+            racing = _is_write_conflict(exc) or "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION" in str(exc)
+            if attempt == retries or not racing:
                 raise
-            time.sleep(0.2 * (1 + random.random()))  # noqa: S311
+            time.sleep(0.5 * (1 + random.random()))  # noqa: S311
     if mode == "append":
         writer = df.write.format("delta").mode("append")
         if txn is not None:

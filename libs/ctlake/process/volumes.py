@@ -9,7 +9,6 @@ policy gets a ``silver.ct_series`` row with status ``refused`` and a ``bronze.qu
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ctlake.config import Config
 from ctlake.lake import delta
+from ctlake.lake.runs import record_run, utcnow
 from ctlake.lake.schemas import CT_SERIES, CT_VOLUMES, QUARANTINE
 
 if TYPE_CHECKING:
@@ -40,10 +40,6 @@ class VolumeSettings:
     window_hu: tuple[float, float] | None = (-1000.0, 400.0)   # None: no clipping
     order: int = 1
     slab_bytes: int = 4 * 1024 * 1024
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _union_schema():
@@ -67,7 +63,7 @@ def build_series_rows(instances: pd.DataFrame, settings: VolumeSettings, *, run_
     from ctlake.ingest.producer import read_claim_check
     from ctlake.lake import codec
 
-    now = _utcnow()
+    now = utcnow()
     first = instances.iloc[0]
     uid = str(first["series_instance_uid"])
     base = {"series_instance_uid": uid, "study_instance_uid": first.get("study_instance_uid"),
@@ -137,11 +133,9 @@ def build_volumes(spark: SparkSession, cfg: Config, *, settings: VolumeSettings 
     """Build every series of bronze that is not in ``silver.ct_series`` yet; returns a summary."""
     from pyspark.sql import functions as F
 
-    from ctlake.ingest.bronze import record_run
-
     settings = settings or VolumeSettings()
     run_id = run_id or f"build_volumes:{uuid.uuid4().hex}"
-    started = _utcnow()
+    started = utcnow()
     t0 = time.monotonic()
     bronze_path = cfg.table_path(BRONZE)
     version = delta.version(spark, bronze_path)
