@@ -39,6 +39,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from ctlake.synth.phantom import lobulated_nodule  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,17 +74,7 @@ def paint_nodule(hu: np.ndarray, labels: np.ndarray, centre_zyx: np.ndarray, dia
     box = tuple(slice(a, a + 2 * reach + 1) for a in lo)
     z, y, x = np.meshgrid(*[np.arange(s.start, s.stop) - c for s, c in zip(box, centre_zyx, strict=True)],
                           indexing="ij")
-    r = np.sqrt(z**2 + y**2 + x**2)
-    u = np.stack([z, y, x], axis=-1) / np.maximum(r, 1e-9)[..., None]
-    bound = np.full(r.shape, radius)
-    lobes = rng.normal(size=(6, 3))
-    for v, a in zip(lobes / np.linalg.norm(lobes, axis=1, keepdims=True), rng.uniform(-0.12, 0.12, 6), strict=True):
-        bound += radius * a * (u @ v) ** 2
-    if spiculated:
-        spikes = rng.normal(size=(10, 3))
-        for v in spikes / np.linalg.norm(spikes, axis=1, keepdims=True):
-            bound += radius * 0.45 * np.clip((u @ v - 0.97) / 0.03, 0.0, None) ** 2
-    mask = r <= bound
+    r, mask = lobulated_nodule(z, y, x, diameter_mm, rng, spiculated=spiculated)
     texture = ndimage.gaussian_filter(rng.normal(size=r.shape), 1.0)
     texture /= texture.std()
     values = np.where(mask, 40.0 - 300.0 * np.clip(r / radius - 0.7, 0.0, None) + 60.0 * texture,

@@ -33,6 +33,7 @@ from ctlake.imaging.volume import read_series_folder
 from ctlake.radiomics import RadiomicsSettingsError, extract, params_from_mapping
 from ctlake.radiomics.extract import FAMILIES
 from ctlake.radiomics.io import RadiomicsInputError, load_case
+from ctlake.synth.phantom import lobulated_nodule
 from scipy import ndimage
 
 try:
@@ -163,17 +164,7 @@ def synthetic_nodule(diameter_mm: float, spacing_zyx_mm: tuple[float, float, flo
     centre = (np.asarray(shape) - 1) / 2.0 * spacing + rng.uniform(-0.5, 0.5, 3) * spacing
     z, y, x = np.meshgrid(*[np.arange(n) * s - c for n, s, c in zip(shape, spacing, centre, strict=True)],
                           indexing="ij")
-    r = np.sqrt(z**2 + y**2 + x**2)
-    u = np.stack([z, y, x], axis=-1) / np.maximum(r, 1e-9)[..., None]
-    bound = np.full(r.shape, radius)
-    lobes = rng.normal(size=(6, 3))
-    for v, a in zip(lobes / np.linalg.norm(lobes, axis=1, keepdims=True), rng.uniform(-0.12, 0.12, 6), strict=True):
-        bound += radius * a * (u @ v) ** 2
-    if spiculated:
-        spikes = rng.normal(size=(10, 3))
-        for v in spikes / np.linalg.norm(spikes, axis=1, keepdims=True):
-            bound += radius * 0.45 * np.clip((u @ v - 0.97) / 0.03, 0.0, None) ** 2
-    mask = r <= bound
+    r, mask = lobulated_nodule(z, y, x, diameter_mm, rng, spiculated=spiculated)
     texture = ndimage.gaussian_filter(rng.normal(size=shape), 1.0 / np.maximum(spacing, 0.5))
     texture /= texture.std()
     hu = np.where(mask, 40.0 - 300.0 * np.clip(r / radius - 0.7, 0.0, None) + 60.0 * texture, -850.0 + 25.0 * texture)

@@ -982,3 +982,26 @@ def default_geometry(
         slice_shift_y_mm=tuple(_r4((v - z[0]) * shear) for v in z),
         gantry_tilt_deg=float(gantry_tilt_deg),
     )
+
+
+def lobulated_nodule(z_mm: np.ndarray, y_mm: np.ndarray, x_mm: np.ndarray, diameter_mm: float,
+                     rng: np.random.Generator, *, spiculated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A lobulated (optionally spiculated) nodule shape sampled at offsets from its centre (mm).
+
+    Surface r <= R(u): R = d/2 (1 + sum_k a_k (u . v_k)^2) over 6 random unit directions v_k with
+    |a_k| <= 0.12 (lobulation); spiculated adds 10 narrow spikes up to 0.45 d/2 long. Returns
+    (r, mask): the distance from the centre (mm) and the boolean inside mask, both shaped like z_mm.
+    Draws from ``rng`` in a fixed order, so a seed gives the same shape.
+    """
+    radius = diameter_mm / 2.0
+    r = np.sqrt(z_mm**2 + y_mm**2 + x_mm**2)
+    u = np.stack([z_mm, y_mm, x_mm], axis=-1) / np.maximum(r, 1e-9)[..., None]
+    bound = np.full(r.shape, radius)
+    lobes = rng.normal(size=(6, 3))
+    for v, a in zip(lobes / np.linalg.norm(lobes, axis=1, keepdims=True), rng.uniform(-0.12, 0.12, 6), strict=True):
+        bound += radius * a * (u @ v) ** 2
+    if spiculated:
+        spikes = rng.normal(size=(10, 3))
+        for v in spikes / np.linalg.norm(spikes, axis=1, keepdims=True):
+            bound += radius * 0.45 * np.clip((u @ v - 0.97) / 0.03, 0.0, None) ** 2
+    return r, r <= bound
