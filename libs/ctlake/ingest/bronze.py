@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ctlake.config import Config
 from ctlake.lake import delta
 from ctlake.lake.runs import record_run, utcnow
-from ctlake.lake.schemas import DICOM_INSTANCES, QUARANTINE
+from ctlake.lake.schemas import DICOM_INSTANCES, QUARANTINE, rows_frame, union_schema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,15 +33,6 @@ LOSSY_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.1
                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203")
 
 
-def _union_schema():
-    from pyspark.sql import types as T
-
-    fields = {"target": T.StructField("target", T.StringType(), False)}
-    for f in [*DICOM_INSTANCES.fields, *QUARANTINE.fields]:
-        fields.setdefault(f.name, T.StructField(f.name, f.dataType, True))
-    return T.StructType(list(fields.values()))
-
-
 def _relpath(path: str, base: str) -> str:
     path = path.removeprefix("file://").removeprefix("file:")
     return path[len(base):].lstrip("/") if base and path.startswith(base) else path
@@ -51,7 +42,6 @@ def _process_frames(frames: Iterator[pd.DataFrame], *, run_id: str, kind: str, k
                     deidentify: bool, allow_secondary: bool, names: list[str],
                     base: str = "") -> Iterator[pd.DataFrame]:
     """mapInPandas body: rows of (value/content, headers, source…) → union rows."""
-    import pandas as pd
 
     from ctlake.dicom.deid import DeidProfile, deidentify_bytes
     from ctlake.errors import CtlakeError
@@ -88,14 +78,13 @@ def _process_frames(frames: Iterator[pd.DataFrame], *, run_id: str, kind: str, k
                         continue
             out.append(process_record(rec, run_id=run_id, now=now, read_claim_check=read_claim_check))
         rows = [{"target": o.table, **o.row} for o in out]
-        # object columns keep None as None (a NaN in an array or binary column breaks Arrow)
-        yield pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in names})
+        yield rows_frame(rows, names)
 
 
 def process_frame(df: DataFrame, *, run_id: str, kind: str, key: bytes | None = None,
                   deidentify: bool = False, allow_secondary: bool = False, base: str = "") -> DataFrame:
     """Apply the per-record decision to a Kafka (``kind='kafka'``) or binaryFile (``'file'``) frame."""
-    schema = _union_schema()
+    schema = union_schema(DICOM_INSTANCES, QUARANTINE)
     names = schema.fieldNames()
 
     def fn(frames):

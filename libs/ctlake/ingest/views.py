@@ -115,10 +115,10 @@ def keyword_schema(keywords: Iterable[str]):
 def _flatten_frames(frames: Iterator[pd.DataFrame], keywords: list[str]) -> Iterator[pd.DataFrame]:
     import json
 
-    import pandas as pd
     from pydicom import Dataset
 
     from ctlake.dicom.flatten import flatten
+    from ctlake.lake.schemas import rows_frame
 
     for frame in frames:
         rows = []
@@ -131,7 +131,7 @@ def _flatten_frames(frames: Iterator[pd.DataFrame], keywords: list[str]) -> Iter
                 values = dict.fromkeys(keywords)
             rows.append({"sop_instance_uid": uid, **values})
         cols = ["sop_instance_uid", *keywords]
-        yield pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in cols})
+        yield rows_frame(rows, cols)
 
 
 def keyword_columns(spark: SparkSession, cfg: Config, keywords: Iterable[str], *,

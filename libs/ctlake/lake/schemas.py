@@ -171,3 +171,21 @@ def table(name: str) -> Table:
         return TABLES[name]
     except KeyError:
         raise KeyError(f"unknown table {name!r}; declared tables: {sorted(TABLES)}") from None
+
+
+def union_schema(*schemas: T.StructType) -> T.StructType:
+    """A ``target`` column (the table a row is for) plus every field of ``schemas``, nullable, in
+    order, first definition wins: one Spark output schema for a step that feeds several tables."""
+    fields = {"target": T.StructField("target", T.StringType(), False)}
+    for schema in schemas:
+        for f in schema.fields:
+            fields.setdefault(f.name, T.StructField(f.name, f.dataType, True))
+    return T.StructType(list(fields.values()))
+
+
+def rows_frame(rows: list[dict], names: list[str]):
+    """A pandas frame of ``rows`` for ``mapInPandas``/``applyInPandas`` output with the columns
+    ``names``: object columns, so None stays None (a NaN in an array or binary column breaks Arrow)."""
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in names})

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ctlake.config import Config
 from ctlake.lake import delta
 from ctlake.lake.runs import record_run, utcnow
-from ctlake.lake.schemas import CT_SERIES, CT_VOLUMES, QUARANTINE
+from ctlake.lake.schemas import CT_SERIES, CT_VOLUMES, QUARANTINE, rows_frame, union_schema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,15 +40,6 @@ class VolumeSettings:
     window_hu: tuple[float, float] | None = (-1000.0, 400.0)   # None: no clipping
     order: int = 1
     slab_bytes: int = 4 * 1024 * 1024
-
-
-def _union_schema():
-    from pyspark.sql import types as T
-
-    fields = {"target": T.StructField("target", T.StringType(), False)}
-    for f in [*CT_SERIES.fields, *CT_VOLUMES.fields, *QUARANTINE.fields]:
-        fields.setdefault(f.name, T.StructField(f.name, f.dataType, True))
-    return T.StructType(list(fields.values()))
 
 
 def build_series_rows(instances: pd.DataFrame, settings: VolumeSettings, *, run_id: str,
@@ -122,10 +113,9 @@ def build_series_rows(instances: pd.DataFrame, settings: VolumeSettings, *, run_
 
 
 def _apply(groups: Iterator, names: list[str], settings: VolumeSettings, run_id: str, version: int):
-    import pandas as pd
 
     rows = build_series_rows(groups, settings, run_id=run_id, bronze_version=version)
-    return pd.DataFrame({c: pd.Series([r.get(c) for r in rows], dtype=object) for c in names})
+    return rows_frame(rows, names)
 
 
 def build_volumes(spark: SparkSession, cfg: Config, *, settings: VolumeSettings | None = None,
@@ -145,7 +135,7 @@ def build_volumes(spark: SparkSession, cfg: Config, *, settings: VolumeSettings 
         bronze = bronze.join(done, "series_instance_uid", "left_anti")
     cols = ["series_instance_uid", "study_instance_uid", "patient_pseudo_id", "manufacturer",
             "convolution_kernel", "dicom_bytes", "claim_check_uri"]
-    schema = _union_schema()
+    schema = union_schema(CT_SERIES, CT_VOLUMES, QUARANTINE)
     names = schema.fieldNames()
     out = bronze.select(cols).groupBy("series_instance_uid").applyInPandas(
         lambda pdf: _apply(pdf, names, settings, run_id, version), schema)
