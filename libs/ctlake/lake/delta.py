@@ -75,11 +75,11 @@ def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
             for key, value in decl.properties:
                 builder = builder.property(key, value)
             builder.execute()
-        except Exception as exc:  # noqa: BLE001 - two writers creating the table at once
-            # the other writer may be half-way through its first commit: the folder exists but is
-            # not a Delta table yet; a moment later it is
-            racing = _is_write_conflict(exc) or "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION" in str(exc)
-            if attempt == retries or not racing:
+        except Exception:  # noqa: BLE001 - two writers creating the table at once
+            # Another writer may be half-way through its first commit (Delta then reports a
+            # conflict, a non-empty location or even a missing table): wait and look again; only
+            # a table that still does not exist after every retry is an error.
+            if attempt == retries:
                 raise
             time.sleep(0.5 * (1 + random.random()))  # noqa: S311
     if mode == "append":
