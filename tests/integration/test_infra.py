@@ -12,7 +12,7 @@ import sys
 import pytest
 from ctlake.config import MlflowServiceConfig
 from ctlake.errors import ServiceError
-from ctlake.infra.services import MlflowService, pid_alive
+from ctlake.infra.services import MlflowService, pid_alive, port_open
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,8 @@ def test_busy_port_is_a_clear_error(cfg, tmp_path):
 
 
 def test_up_twice_then_crash_then_down_and_up(cfg, tmp_path):
-    svc = MlflowService(_cfg(cfg, tmp_path, _free_port()))
+    port = _free_port()
+    svc = MlflowService(_cfg(cfg, tmp_path, port))
     try:
         first = svc.start()
         assert first.healthy and len(first.pids) == 1
@@ -58,8 +59,9 @@ def test_up_twice_then_crash_then_down_and_up(cfg, tmp_path):
             time.sleep(0.1)
         state = svc.status()
         assert not state.running and state.detail == "stale pid file"
-        svc.stop()  # down after a crash is fine
+        svc.stop()  # down after a crash is fine, and it takes the leader's orphaned children down too
         assert not svc.pids()
+        assert not port_open(port)
         third = svc.start()
         assert third.healthy and third.pids != first.pids
     finally:

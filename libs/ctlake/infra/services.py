@@ -63,6 +63,36 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def group_alive(pgid: int) -> bool:
+    """True while any non-zombie process belongs to process group ``pgid`` (Linux /proc)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 @dataclass
 class Status:
     name: str
@@ -178,27 +208,33 @@ class Service:
                            hint="raise services.start_timeout_s on a slow machine")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        pids = self.pids()
-        for pid in pids:
-            if pid_alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        """Stop every process of every group we started, then wait for our ports to close.
+
+        Each service runs in its own session, so its process group id is the pid we recorded.
+        The group is signalled even when its leader is already gone: after a crash of the
+        leader, children (uvicorn under ``mlflow server``) may still hold the port.
+        """
+        groups = self.pids()
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for pid in pids:
-            if pid_alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        for pid in pids:  # reap our own children so they do not linger as zombies
+        for pgid in groups:
+            if group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in groups:  # reap our own children so they do not linger as zombies
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+        if groups:  # a socket is released a moment after its process exits
+            deadline = time.monotonic() + 10.0
+            while any(port_open(p, timeout_s=0.2) for p in self.ports().values()) and time.monotonic() < deadline:
+                time.sleep(0.2)
         for f in self._pidfiles():
             f.unlink(missing_ok=True)
 
