@@ -11,6 +11,16 @@ from ctlake import __version__
 from ctlake.errors import CtlakeError
 
 
+def say(msg: str) -> None:
+    """Progress and notes for people: ``[ctlake] msg`` on stderr (stdout stays for results)."""
+    print(f"[ctlake] {msg}", file=sys.stderr, flush=True)
+
+
+def config_of(args: argparse.Namespace):
+    """The configuration of ``--profile`` (for command modules)."""
+    return _config(args)
+
+
 def _say(msg: str) -> None:
     print(f"[ctlake] {msg}", file=sys.stderr, flush=True)
 
@@ -143,7 +153,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     cfg = _config(args)
     spacing = _spacing(args.spacing)
     window = _window(args.window)
-    spark = get_spark(cfg, app_name=f"ctlake-process-{args.step}")
+    spark = get_spark(cfg, app_name="ctlake-process-volumes")
     summary = build_volumes(spark, cfg, settings=VolumeSettings(spacing_zyx_mm=spacing, window_hu=window,
                                                                 order=args.order))
     print(json.dumps(summary))
@@ -325,12 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_volume_args(p)
     p.set_defaults(func=cmd_volume)
 
-    p = sub.add_parser("process", help="batch jobs over the lake: volumes (bronze → silver)",
-                       description="volumes: every bronze series not yet in silver.ct_series → QC, HU, clip, "
-                                   "resample → silver.ct_series + silver.ct_volumes (refusals quarantined).")
-    p.add_argument("step", choices=["volumes"])
-    _add_volume_args(p)
-    p.set_defaults(func=cmd_process)
+    p = sub.add_parser("process", help="batch jobs over the lake (volumes, lungs, nodules, patches, radiomics …)",
+                       description="Batch jobs over the lake. Each step is incremental: it takes only what "
+                                   "its output table does not have yet. Run `ctlake process STEP --help`.")
+    process = p.add_subparsers(dest="step", required=True, metavar="STEP")
+    q = process.add_parser("volumes", help="bronze → silver.ct_series + silver.ct_volumes",
+                           description="Every bronze series not yet in silver.ct_series → QC, HU, clip, resample "
+                                       "→ silver.ct_series + silver.ct_volumes (refusals quarantined).")
+    _add_volume_args(q)
+    q.set_defaults(func=cmd_process)
 
     p = sub.add_parser("features", help="radiomics features of one case (IBSI definitions, PyRadiomics names)",
                        description="Like pyradiomics' command line: IMAGE (NIfTI, NRRD or a DICOM series "
@@ -358,7 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=3, help="synthetic patients (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
     p.set_defaults(func=cmd_demo)
+
+    for module in _command_modules():
+        module.register(sub, process)
     return parser
+
+
+def _command_modules() -> list:
+    """The modules of :mod:`ctlake.commands`, in name order. Each defines ``register(sub, process)``:
+    ``sub`` adds top-level commands (``ctlake NAME``), ``process`` adds steps (``ctlake process NAME``).
+    Heavy imports belong inside the command functions, so ``ctlake --help`` stays fast."""
+    import importlib
+    import pkgutil
+
+    import ctlake.commands as pkg
+
+    return [importlib.import_module(f"ctlake.commands.{m.name}")
+            for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name) if not m.name.startswith("_")]
 
 
 def main(argv: list[str] | None = None) -> int:

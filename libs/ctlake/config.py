@@ -114,6 +114,26 @@ class DeidConfig:
 
 
 @dataclass(frozen=True)
+class ImagingConfig:
+    """Series QC policies, volumes, lung masks, nodules and patches (issue 4; DESIGN §5)."""
+
+
+@dataclass(frozen=True)
+class RadiomicsConfig:
+    """Radiomics extraction over the lake (issue 5)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training, evaluation and the model registry (issue 6)."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Search indexing and dashboards (issue 9)."""
+
+
+@dataclass(frozen=True)
 class KafkaServiceConfig:
     port: int = 9092
     controller_port: int = 9093
@@ -189,6 +209,10 @@ class Config:
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
+    imaging: ImagingConfig = field(default_factory=ImagingConfig)
+    radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
 
     @property

@@ -64,6 +64,61 @@ CT_VOLUMES = T.StructType([
     T.StructField("run_id", T.StringType(), False),
 ])
 
+# --- gold ----------------------------------------------------------------------------------
+# One row per annotated nodule (or per annotation that failed to give a mask, with the reason).
+# The mask is a crop of the silver.ct_volumes grid: voxel [z, y, x] of the crop is voxel
+# mask_origin_zyx + [z, y, x] of the series' resampled volume.
+NODULES = T.StructType([
+    T.StructField("nodule_id", T.StringType(), False),        # sha256(series uid | source | source_ref)[:32]
+    T.StructField("series_instance_uid", T.StringType(), False),
+    T.StructField("patient_pseudo_id", T.StringType(), True),
+    T.StructField("source", T.StringType(), False),           # luna16 | voc | seg | rtstruct
+    T.StructField("source_ref", T.StringType(), True),        # csv row, xml file, or SEG/RTSTRUCT SOP UID + ROI
+    T.StructField("status", T.StringType(), False),           # ok | failed
+    T.StructField("error_code", T.StringType(), True),
+    T.StructField("error_detail", T.StringType(), True),
+    T.StructField("centre_xyz_mm", T.ArrayType(T.DoubleType()), True),      # world (LPS), annotated
+    T.StructField("centre_zyx_vox", T.ArrayType(T.DoubleType()), True),     # on the silver grid (continuous index)
+    T.StructField("annotated_diameter_mm", T.DoubleType(), True),
+    T.StructField("diameter_mm", T.DoubleType(), True),                     # measured from the mask
+    T.StructField("volume_mm3", T.DoubleType(), True),                      # measured from the mask
+    T.StructField("mask_voxels", T.LongType(), True),
+    T.StructField("mask_method", T.StringType(), True),                     # otsu | region_growing | contour | seg
+    T.StructField("mask_origin_zyx", T.ArrayType(T.IntegerType()), True),   # crop start on the silver grid (voxels)
+    T.StructField("mask_shape_zyx", T.ArrayType(T.IntegerType()), True),
+    T.StructField("mask_codec", T.StringType(), True),                      # CTT1 (ctlake.lake.codec), uint8 0/1
+    T.StructField("mask_data", T.BinaryType(), True),
+    T.StructField("spacing_zyx_mm", T.ArrayType(T.DoubleType()), True),     # of the silver grid
+    T.StructField("malignancy", T.DoubleType(), True),                      # e.g. mean LIDC rating 1..5, if given
+    T.StructField("attributes", T.MapType(T.StringType(), T.StringType()), True),  # other annotation columns
+    T.StructField("volumes_version", T.LongType(), True),                   # silver.ct_volumes version read
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("built_at", T.TimestampType(), False),
+])
+
+# Fixed-size training cubes around nodules and sampled negatives. ``image`` is raw little-endian
+# int16 HU in C order (z, y, x) and ``mask`` raw uint8, so a reader needs only np.frombuffer:
+# no codec on the training path.
+NODULE_PATCHES = T.StructType([
+    T.StructField("patch_id", T.StringType(), False),          # sha256(series uid | kind | centre | size)[:32]
+    T.StructField("nodule_id", T.StringType(), True),          # null for negatives
+    T.StructField("series_instance_uid", T.StringType(), False),
+    T.StructField("patient_pseudo_id", T.StringType(), True),
+    T.StructField("kind", T.StringType(), False),              # nodule | negative
+    T.StructField("label", T.IntegerType(), False),            # 1 nodule, 0 negative
+    T.StructField("malignancy", T.DoubleType(), True),
+    T.StructField("malignant", T.IntegerType(), True),         # 1/0 from malignancy (>= 3 by default), null if unknown
+    T.StructField("diameter_mm", T.DoubleType(), True),
+    T.StructField("size_name", T.StringType(), False),         # e.g. 32x48x48, 32x32x32, 64x64x64
+    T.StructField("shape_zyx", T.ArrayType(T.IntegerType()), False),
+    T.StructField("centre_zyx_vox", T.ArrayType(T.IntegerType()), False),
+    T.StructField("image", T.BinaryType(), False),             # int16 HU, C order
+    T.StructField("mask", T.BinaryType(), True),               # uint8 0/1, C order
+    T.StructField("padded_voxels", T.IntegerType(), True),     # voxels outside the volume (padding)
+    T.StructField("split", T.StringType(), False),             # train | validation | test (by patient)
+    T.StructField("run_id", T.StringType(), False),
+])
+
 PIPELINE_RUNS = T.StructType([
     T.StructField("run_id", T.StringType(), False),
     T.StructField("job", T.StringType(), False),
@@ -159,6 +214,14 @@ TABLES: dict[str, Table] = {
         Table("silver.ct_volumes", CT_VOLUMES, key=("series_instance_uid", "slab_index"),
               description="resampled, clipped HU volumes in z slabs of codec-compressed int16",
               properties=(("delta.dataSkippingStatsColumns", "series_instance_uid,slab_index,z0,z1,run_id"),)),
+        Table("gold.nodules", NODULES, key=("nodule_id",),
+              description="one row per annotated nodule: centre, measured size, mask crop on the silver grid",
+              properties=(("delta.dataSkippingStatsColumns", "nodule_id,series_instance_uid,patient_pseudo_id,"
+                           "source,status,diameter_mm,malignancy"),)),
+        Table("gold.nodule_patches", NODULE_PATCHES, key=("patch_id",),
+              description="fixed-size int16 cubes (+ mask) around nodules and negatives, with a patient split",
+              properties=(("delta.dataSkippingStatsColumns",
+                           "patch_id,nodule_id,series_instance_uid,patient_pseudo_id,kind,label,size_name,split"),)),
         Table("ops.pipeline_runs", PIPELINE_RUNS, key=("run_id",),
               description="one row per job run: inputs' Delta versions, rows in/out, status, duration"),
     )
