@@ -146,20 +146,6 @@ def _audit_dict(audit) -> object:
 
 
 # --- process ------------------------------------------------------------------------------
-def cmd_process(args: argparse.Namespace) -> int:
-    from ctlake.process.volumes import VolumeSettings, build_volumes
-    from ctlake.spark import get_spark
-
-    cfg = _config(args)
-    spacing = _spacing(args.spacing)
-    window = _window(args.window)
-    spark = get_spark(cfg, app_name="ctlake-process-volumes")
-    summary = build_volumes(spark, cfg, settings=VolumeSettings(spacing_zyx_mm=spacing, window_hu=window,
-                                                                order=args.order))
-    print(json.dumps(summary))
-    return 0
-
-
 def _spacing(text: str) -> tuple[float, float, float]:
     values = tuple(float(v) for v in text.split(","))
     if len(values) == 1:
@@ -178,23 +164,58 @@ def _window(text: str) -> tuple[float, float] | None:
     return values
 
 
-# --- volume ------------------------------------------------------------------------------
+# --- volumes -----------------------------------------------------------------------------
+def volume_settings(cfg, args: argparse.Namespace):
+    """The :class:`~ctlake.process.volumes.VolumeSettings` of ``ctlake process volumes``: the
+    profile's ``imaging.volume`` and ``imaging.series``, with ``--spacing / --window / --order`` winning."""
+    import dataclasses
+
+    from ctlake.process.volumes import VolumeSettings
+
+    settings = VolumeSettings.from_config(cfg, spacing_zyx_mm=_spacing(args.spacing) if args.spacing else None,
+                                          order=args.order)
+    if args.window is not None:     # "none" is a value (no clipping), so None means "not given"
+        settings = dataclasses.replace(settings, window_hu=_window(args.window))
+    return settings
+
+
+def cmd_process_volumes(args: argparse.Namespace) -> int:
+    """``ctlake process volumes`` with ``imaging.volume`` defaults (flags win) and ``imaging.series`` policies."""
+    from ctlake.process.volumes import build_volumes
+    from ctlake.spark import get_spark
+
+    cfg = _config(args)
+    settings = volume_settings(cfg, args)
+    spark = get_spark(cfg, app_name="ctlake-process-volumes")
+    summary = build_volumes(spark, cfg, settings=settings)
+    _say(f"volumes: {summary['series']} series → {summary['built']} built, {summary['refused']} refused "
+         f"in {summary['seconds']} s")
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_volume(args: argparse.Namespace) -> int:
+    """``ctlake volume`` with ``imaging.volume`` defaults (flags win) and ``imaging.series`` policies."""
+    from pathlib import Path
+
     from ctlake.imaging.series import SeriesRejected
     from ctlake.imaging.volume import build_volume, read_series_folder, write_volume
 
-    spacing = _spacing(args.spacing)
-    window = _window(args.window)
+    cfg = _config(args)
+    v, s = cfg.imaging.volume, cfg.imaging.series
+    spacing = _spacing(args.spacing) if args.spacing else v.spacing_zyx_mm
+    window = _window(args.window) if args.window is not None else v.window_hu
+    order = args.order if args.order is not None else v.order
     datasets = read_series_folder(Path(args.dicom_dir))
     if not datasets:
         raise CtlakeError(f"no DICOM files under {args.dicom_dir}", code="NO_DICOM")
     try:
-        vol = build_volume(datasets, spacing_zyx_mm=spacing, window_hu=window, order=args.order)
+        vol = build_volume(datasets, spacing_zyx_mm=spacing, window_hu=window, order=order,
+                           policy=s.series_policy(), tolerances=s.tolerances())
     except SeriesRejected as exc:
         raise CtlakeError(str(exc), code=exc.code) from None
     out = write_volume(vol, Path(args.out))
-    qc = vol.series.qc
-    flags = ", ".join(qc.flags) or "none"
+    flags = ", ".join(vol.series.qc.flags) or "none"
     _say(f"{len(vol.series.slices)} slices → {vol.array.shape} (z, y, x) at {vol.grid.spacing_zyx_mm} mm; "
          f"QC flags: {flags}; wrote {out}")
     return 0
@@ -257,10 +278,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_volume_args(p: argparse.ArgumentParser) -> None:
     """--spacing / --window / --order, shared by `volume` and `process volumes`."""
-    p.add_argument("--spacing", default="1", help="target spacing in mm: one number or z,y,x (default 1)")
-    p.add_argument("--window", default="-1000,400",
-                   help="HU clip window LOW,HIGH or 'none' (default -1000,400; write --window=-1100,300)")
-    p.add_argument("--order", type=int, choices=[0, 1], default=1, help="interpolation: 1 linear, 0 nearest")
+    p.add_argument("--spacing", default=None,
+                   help="target spacing in mm: one number or z,y,x (default: imaging.volume of the profile, 1 mm)")
+    p.add_argument("--window", default=None,
+                   help="HU clip window LOW,HIGH or 'none' (default: imaging.volume, -1000,400; "
+                        "write --window=-1100,300)")
+    p.add_argument("--order", type=int, choices=[0, 1], default=None,
+                   help="interpolation: 1 linear, 0 nearest (default: imaging.volume, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Every bronze series not yet in silver.ct_series → QC, HU, clip, resample "
                                        "→ silver.ct_series + silver.ct_volumes (refusals quarantined).")
     _add_volume_args(q)
-    q.set_defaults(func=cmd_process)
+    q.set_defaults(func=cmd_process_volumes)
 
     p = sub.add_parser("features", help="radiomics features of one case (IBSI definitions, PyRadiomics names)",
                        description="Like pyradiomics' command line: IMAGE (NIfTI, NRRD or a DICOM series "

@@ -94,6 +94,7 @@ __all__ = [
     "Sphere",
     "VocLesions",
     "VocObject",
+    "measure_mask",
     "merge_slice_boxes",
     "nodule_mask",
     "otsu_threshold",
@@ -822,4 +823,56 @@ def nodule_mask(
         threshold_hu=float(t),
         method=method,
         touches_roi_border=bool((mask & roi_edge).any()),
+    )
+
+
+def measure_mask(
+    mask_zyx: np.ndarray,
+    grid: Grid,
+    *,
+    method: str = "given",
+    largest_component: bool = True,
+) -> NoduleMask:
+    """A :class:`NoduleMask` (crop, centroid, volume, diameters) of a mask given on ``grid``, e.g.
+    a DICOM SEG segment or an RTSTRUCT ROI resampled onto the volume's grid. With
+    ``largest_component`` only its largest 6-connected component is kept. ``threshold_hu`` is NaN
+    and ``touches_roi_border`` False (there is no ROI). Raises NoduleError NODULE_NOT_FOUND for
+    an empty mask, SHAPE_MISMATCH for a mask not of ``grid.shape_zyx``."""
+    m = np.asarray(mask_zyx, dtype=bool)
+    if m.shape != tuple(grid.shape_zyx):
+        raise NoduleError(f"mask has shape {m.shape}, grid says {grid.shape_zyx}", code="SHAPE_MISMATCH")
+    if not m.any():
+        raise NoduleError("the mask has no voxel on the grid", code="NODULE_NOT_FOUND",
+                          hint="check that the segmentation refers to this series")
+    nz = [np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
+    crop = m[box]
+    if largest_component:
+        labels, n = ndimage.label(crop)
+        if n > 1:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            crop = labels == int(np.argmax(sizes))
+            nz = [np.flatnonzero(crop.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+            tight = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
+            crop = crop[tight]
+            box = tuple(slice(b.start + t.start, b.start + t.stop) for b, t in zip(box, tight, strict=True))
+    spacing = np.asarray(grid.spacing_zyx_mm, dtype=np.float64)
+    offset = tuple(int(b.start) for b in box)
+    com = np.array(ndimage.center_of_mass(crop)) + np.asarray(offset)
+    n_vox = int(crop.sum())
+    volume = n_vox * float(np.prod(spacing))
+    return NoduleMask(
+        mask_zyx=crop,
+        offset_zyx=offset,  # type: ignore[arg-type]
+        centre_index_zyx=tuple(float(v) for v in com),  # type: ignore[arg-type]
+        centre_voxel_zyx=tuple(int(v) for v in np.floor(com + 0.5)),  # type: ignore[arg-type]
+        centre_xyz_mm=tuple(float(v) for v in grid.index_zyx_to_world_xyz(com)),  # type: ignore[arg-type]
+        n_voxels=n_vox,
+        volume_mm3=volume,
+        equivalent_diameter_mm=float((6.0 * volume / math.pi) ** (1.0 / 3.0)),
+        max_diameter_mm=_max_diameter_mm(crop, spacing),
+        threshold_hu=float("nan"),
+        method=method,
+        touches_roi_border=False,
     )

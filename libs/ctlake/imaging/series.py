@@ -139,21 +139,22 @@ _HINTS = {
     "MISSING_GEOMETRY": "Image Position/Orientation (Patient) or Pixel Spacing is missing (a secondary capture, "
     "a localizer or a stripped header); re-export the series with its Image Plane module",
     "MIXED_GEOMETRY": "the series mixes matrix sizes, pixel spacings or orientations (a localizer or a second "
-    "reconstruction); policy mixed_geometry='split' assembles each consistent part",
+    "reconstruction); imaging.series.policy.mixed_geometry: split assembles each consistent part",
     "DUPLICATE_POSITIONS": "two reconstructions interleaved in one series, or a re-sent instance with other "
-    "pixels: policy duplicate_positions='split' keeps each as a part, 'drop_duplicates' keeps the lowest "
-    "instance number",
+    "pixels: imaging.series.policy.duplicate_positions: split keeps each as a part, drop_duplicates keeps the "
+    "lowest instance number",
     "MISSING_SLICES": "an instance was lost on the way: look for this series in bronze.quarantine and re-send "
-    "it, or set policy missing_slices='resample' to interpolate across the gap",
-    "UNEVEN_SPACING": "look for two reconstructions in one series before setting policy "
-    "uneven_spacing='resample' or raising spacing_rtol",
-    "GANTRY_TILT": "set policy gantry_tilt='resample': the Grid is axis-aligned and the tilted planes are "
-    "resampled onto it",
-    "NON_ORTHOGONAL": "the slice positions shear (gantry tilt written as shifted positions); set policy "
-    "non_orthogonal='resample' to resample onto an axis-aligned grid",
+    "it, or set imaging.series.policy.missing_slices: resample to interpolate across the gap",
+    "UNEVEN_SPACING": "look for two reconstructions in one series before setting "
+    "imaging.series.policy.uneven_spacing: resample or raising imaging.series.spacing_rtol",
+    "GANTRY_TILT": "set imaging.series.policy.gantry_tilt: resample: the Grid is axis-aligned and the tilted "
+    "planes are resampled onto it",
+    "NON_ORTHOGONAL": "the slice positions shear (gantry tilt written as shifted positions); set "
+    "imaging.series.policy.non_orthogonal: resample to resample onto an axis-aligned grid",
     "NOT_AXIAL": "a coronal/sagittal reformat; the axial series of the same study is usually there too, or set "
-    "policy not_axial='resample' to resample onto a patient-aligned grid",
-    "TOO_FEW_SLICES": "a localizer, a key image or a series still arriving; wait for the rest or lower min_slices",
+    "imaging.series.policy.not_axial: resample to resample onto a patient-aligned grid",
+    "TOO_FEW_SLICES": "a localizer, a key image or a series still arriving; wait for the rest or lower "
+    "imaging.series.min_slices",
 }
 
 
@@ -288,16 +289,21 @@ _HEADER_KEYWORDS = (
 
 
 class _HuOnce:
-    """Decodes an instance's HU frames on first use and keeps them (one decode per instance)."""
+    """Decodes an instance's HU frames on use. A multi-frame instance's frames are kept after
+    the first call (one decode per instance); a single frame is not, so a stacked series does
+    not hold every plane twice (the stack and this cache: 4 bytes per voxel more at the peak)."""
 
     def __init__(self, ds: Dataset) -> None:
         self._ds = ds
         self._hu: np.ndarray | None = None
 
     def frame(self, index: int) -> np.ndarray:
-        if self._hu is None:
-            self._hu = hounsfield(self._ds)
-        return self._hu[index]
+        if self._hu is not None:
+            return self._hu[index]
+        hu = hounsfield(self._ds)
+        if hu.shape[0] > 1:
+            self._hu = hu
+        return hu[index]
 
 
 def _gantry_tilt_deg(ds: Dataset, top_level: float | None) -> float | None:

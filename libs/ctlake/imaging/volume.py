@@ -7,7 +7,7 @@ This is what ``ctlake volume`` does for one folder and what the Spark job does p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +32,18 @@ class Volume:
 
 def build_volume(datasets: Iterable[Dataset], *, spacing_zyx_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  window_hu: tuple[float, float] | None = DEFAULT_WINDOW_HU, order: int = 1,
-                 policy: SeriesPolicy | None = None, out_dtype=np.int16) -> Volume:
+                 policy: SeriesPolicy | None = None, out_dtype=np.int16,
+                 tolerances: Mapping[str, float] | None = None) -> Volume:
     """Assemble ``datasets`` (one series, read with pixel data) and resample it.
 
+    policy / tolerances: what to do about each QC flag and when a flag is raised (fields of
+    :class:`~ctlake.imaging.series.SeriesPolicy` / ``SeriesTolerances``; config ``imaging.series``).
     Raises :class:`ctlake.imaging.series.SeriesRejected` when a QC flag's policy is ``refuse``.
     A stack whose planes are not the grid's (gap, uneven steps, gantry tilt) is resampled from the
     true slice positions, never by assuming a regular spacing.
     """
     infos = [info for ds in datasets for info in slice_infos(ds)]
-    assembled = assemble_series(infos, policy or SeriesPolicy())
+    assembled = assemble_series(infos, policy or SeriesPolicy(), **dict(tolerances or {}))
     stack, positions = stack_hu(assembled)
     if not assembled.needs_resampling:
         arr, grid = resample_to_spacing(stack, assembled.grid, spacing_zyx_mm, order=order, window_hu=window_hu,

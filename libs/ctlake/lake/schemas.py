@@ -64,6 +64,34 @@ CT_VOLUMES = T.StructType([
     T.StructField("run_id", T.StringType(), False),
 ])
 
+# Lung masks on the silver.ct_volumes grid, in the same z slabs as the volume (slab i of the mask
+# covers the z range of slab i of the volume): CTT1 (ctlake.lake.codec) of uint8 0/1. Per-series
+# values (lung_volume_ml, components, status ...) repeat on every slab row. A series whose mask
+# failed has one row: slab_index -1, status failed, error_code (e.g. NO_LUNG_FOUND), no data.
+LUNG_MASKS = T.StructType([
+    T.StructField("series_instance_uid", T.StringType(), False),
+    T.StructField("slab_index", T.IntegerType(), False),                  # -1: the row of a failed series
+    T.StructField("z0", T.IntegerType(), True),                           # [z0, z1) of the volume
+    T.StructField("z1", T.IntegerType(), True),
+    T.StructField("dtype", T.StringType(), True),                         # uint8
+    T.StructField("slab_shape_zyx", T.ArrayType(T.IntegerType()), True),
+    T.StructField("codec", T.StringType(), True),                         # CTT1
+    T.StructField("data", T.BinaryType(), True),
+    T.StructField("volume_shape_zyx", T.ArrayType(T.IntegerType()), True),
+    T.StructField("spacing_zyx_mm", T.ArrayType(T.DoubleType()), True),
+    T.StructField("origin_xyz_mm", T.ArrayType(T.DoubleType()), True),
+    T.StructField("direction", T.ArrayType(T.DoubleType()), True),
+    T.StructField("lung_volume_ml", T.DoubleType(), True),                # whole mask, per series
+    T.StructField("components", T.IntegerType(), True),                   # 6-connected components of the mask
+    T.StructField("status", T.StringType(), False),                       # ok | failed
+    T.StructField("error_code", T.StringType(), True),
+    T.StructField("error_detail", T.StringType(), True),
+    T.StructField("params_json", T.StringType(), True),                   # imaging.lung settings used
+    T.StructField("volumes_version", T.LongType(), True),                 # silver.ct_volumes version read
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("built_at", T.TimestampType(), False),
+])
+
 # --- gold ----------------------------------------------------------------------------------
 # One row per annotated nodule (or per annotation that failed to give a mask, with the reason).
 # The mask is a crop of the silver.ct_volumes grid: voxel [z, y, x] of the crop is voxel
@@ -91,6 +119,15 @@ NODULES = T.StructType([
     T.StructField("spacing_zyx_mm", T.ArrayType(T.DoubleType()), True),     # of the silver grid
     T.StructField("malignancy", T.DoubleType(), True),                      # e.g. mean LIDC rating 1..5, if given
     T.StructField("attributes", T.MapType(T.StringType(), T.StringType()), True),  # other annotation columns
+    # added by the nodules job (ctlake.process.nodules): the measured centroid, the annotated centre on
+    # the grid, the box of a box annotation, the largest extent and the mask's HU cut
+    T.StructField("measured_centre_xyz_mm", T.ArrayType(T.DoubleType()), True),   # centroid of the mask, world
+    T.StructField("annotated_centre_zyx_vox", T.ArrayType(T.DoubleType()), True),  # annotated centre on the grid
+    T.StructField("annotated_box_lo_xyz_mm", T.ArrayType(T.DoubleType()), True),   # box annotations (VOC)
+    T.StructField("annotated_box_hi_xyz_mm", T.ArrayType(T.DoubleType()), True),
+    T.StructField("max_diameter_mm", T.DoubleType(), True),                 # 3D Feret diameter of the mask
+    T.StructField("mask_threshold_hu", T.DoubleType(), True),
+    T.StructField("touches_roi_border", T.BooleanType(), True),             # mask reaches the enlarged ROI's edge
     T.StructField("volumes_version", T.LongType(), True),                   # silver.ct_volumes version read
     T.StructField("run_id", T.StringType(), False),
     T.StructField("built_at", T.TimestampType(), False),
@@ -119,6 +156,58 @@ NODULE_PATCHES = T.StructType([
     T.StructField("run_id", T.StringType(), False),
 ])
 
+# Radiomics per ROI (gold.nodules row with status ok) and parameter set (ctlake.process.radiomics).
+# ``params_hash`` = sha256 of ``params_json``, the canonical JSON of the settings that change the
+# values (PyRadiomics YAML read by ctlake.radiomics; ignored settings left out), so the same settings
+# written two ways share one hash. ``features`` maps PyRadiomics names (original_glcm_JointEntropy)
+# to values; ``ibsi_codes`` maps those names to the IBSI code whose definition the value equals.
+# The long form (one row per feature) is ctlake.process.radiomics.features_long.
+RADIOMICS_FEATURES = T.StructType([
+    T.StructField("roi_id", T.StringType(), False),                 # = gold.nodules.nodule_id
+    T.StructField("params_hash", T.StringType(), False),
+    T.StructField("series_instance_uid", T.StringType(), False),
+    T.StructField("patient_pseudo_id", T.StringType(), True),
+    T.StructField("status", T.StringType(), False),                 # ok | failed
+    T.StructField("error_code", T.StringType(), True),              # e.g. EMPTY_ROI, MASK_CORRUPT, VOLUME_MISSING
+    T.StructField("error_detail", T.StringType(), True),
+    T.StructField("features", T.MapType(T.StringType(), T.DoubleType()), True),
+    T.StructField("ibsi_codes", T.MapType(T.StringType(), T.StringType()), True),  # feature -> IBSI code
+    T.StructField("feature_count", T.IntegerType(), True),
+    T.StructField("params_json", T.StringType(), False),
+    T.StructField("params_source", T.StringType(), True),           # the YAML path, or "defaults"
+    T.StructField("roi_voxels", T.LongType(), True),                # voxels with the label in the mask
+    T.StructField("spacing_zyx_mm", T.ArrayType(T.DoubleType()), True),   # of the silver grid
+    T.StructField("crop_origin_zyx", T.ArrayType(T.IntegerType()), True),  # image crop given to the engine
+    T.StructField("crop_shape_zyx", T.ArrayType(T.IntegerType()), True),
+    T.StructField("extract_ms", T.DoubleType(), True),              # engine time for this ROI
+    T.StructField("engine", T.StringType(), False),                 # e.g. ctlake.radiomics 0.1.0
+    T.StructField("nodule_run_id", T.StringType(), True),           # run that wrote the gold.nodules row
+    T.StructField("nodules_version", T.LongType(), True),           # gold.nodules version read
+    T.StructField("volumes_version", T.LongType(), True),           # silver.ct_volumes version read
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("extracted_at", T.TimestampType(), False),
+])
+
+# Batch inference (ctlake predict): one score per patch and registered model version.
+PREDICTIONS = T.StructType([
+    T.StructField("patch_id", T.StringType(), False),
+    T.StructField("nodule_id", T.StringType(), True),
+    T.StructField("series_instance_uid", T.StringType(), True),
+    T.StructField("patient_pseudo_id", T.StringType(), True),
+    T.StructField("split", T.StringType(), True),
+    T.StructField("model_name", T.StringType(), False),        # registered MLflow model, e.g. ctlake-malignancy
+    T.StructField("model_version", T.StringType(), False),     # its registry version
+    T.StructField("model_kind", T.StringType(), True),         # candidate | malignancy | hybrid
+    T.StructField("score", T.DoubleType(), False),             # P(positive class), 0..1
+    T.StructField("predicted_label", T.IntegerType(), False),  # score >= threshold
+    T.StructField("threshold", T.DoubleType(), False),
+    T.StructField("label", T.IntegerType(), True),             # ground truth of the patch, if known
+    T.StructField("mlflow_run_id", T.StringType(), True),      # the training run of the model version
+    T.StructField("patches_version", T.LongType(), True),      # gold.nodule_patches version scored
+    T.StructField("run_id", T.StringType(), False),            # this prediction job (ops.pipeline_runs)
+    T.StructField("predicted_at", T.TimestampType(), False),
+])
+
 PIPELINE_RUNS = T.StructType([
     T.StructField("run_id", T.StringType(), False),
     T.StructField("job", T.StringType(), False),
@@ -133,6 +222,37 @@ PIPELINE_RUNS = T.StructType([
     T.StructField("params_json", T.StringType(), True),
     T.StructField("error", T.StringType(), True),
     T.StructField("profile", T.StringType(), True),
+])
+
+# --- ops: the search index (ctlake.index) -------------------------------------------------
+# The Delta version each (index entity, source table) has caught up with: appended only after the
+# bulk for that version succeeded, so a re-run converges; the latest row per (entity, table) is in force.
+INDEX_STATE = T.StructType([
+    T.StructField("entity", T.StringType(), False),           # series | nodules | features | ...
+    T.StructField("table", T.StringType(), False),            # layer.table read (primary or joined)
+    T.StructField("version", T.LongType(), False),            # last Delta version indexed
+    T.StructField("index_name", T.StringType(), False),       # concrete index behind the alias
+    T.StructField("mapping_hash", T.StringType(), False),
+    T.StructField("mode", T.StringType(), False),             # full | incremental
+    T.StructField("docs", T.LongType(), True),                # upserted by that run
+    T.StructField("deleted", T.LongType(), True),
+    T.StructField("rejected", T.LongType(), True),
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("updated_at", T.TimestampType(), False),
+])
+
+# Documents Elasticsearch refused (mapping conflicts, bad field names ...), with its reason.
+INDEX_REJECTIONS = T.StructType([
+    T.StructField("entity", T.StringType(), False),
+    T.StructField("doc_id", T.StringType(), False),
+    T.StructField("table", T.StringType(), False),
+    T.StructField("table_version", T.LongType(), False),
+    T.StructField("index_name", T.StringType(), False),
+    T.StructField("status", T.IntegerType(), True),           # HTTP status of the bulk item
+    T.StructField("error_type", T.StringType(), True),        # e.g. document_parsing_exception
+    T.StructField("reason", T.StringType(), False),
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("rejected_at", T.TimestampType(), False),
 ])
 
 # --- bronze --------------------------------------------------------------------------------
@@ -214,6 +334,9 @@ TABLES: dict[str, Table] = {
         Table("silver.ct_volumes", CT_VOLUMES, key=("series_instance_uid", "slab_index"),
               description="resampled, clipped HU volumes in z slabs of codec-compressed int16",
               properties=(("delta.dataSkippingStatsColumns", "series_instance_uid,slab_index,z0,z1,run_id"),)),
+        Table("silver.lung_masks", LUNG_MASKS, key=("series_instance_uid", "slab_index"),
+              description="lung masks on the silver.ct_volumes grid, same z slabs, CTT1 uint8; failed series: one row",
+              properties=(("delta.dataSkippingStatsColumns", "series_instance_uid,slab_index,z0,z1,status,run_id"),)),
         Table("gold.nodules", NODULES, key=("nodule_id",),
               description="one row per annotated nodule: centre, measured size, mask crop on the silver grid",
               properties=(("delta.dataSkippingStatsColumns", "nodule_id,series_instance_uid,patient_pseudo_id,"
@@ -222,8 +345,19 @@ TABLES: dict[str, Table] = {
               description="fixed-size int16 cubes (+ mask) around nodules and negatives, with a patient split",
               properties=(("delta.dataSkippingStatsColumns",
                            "patch_id,nodule_id,series_instance_uid,patient_pseudo_id,kind,label,size_name,split"),)),
+        Table("gold.radiomics_features", RADIOMICS_FEATURES, key=("roi_id", "params_hash"),
+              description="radiomics features per nodule ROI and parameter set (PyRadiomics names, IBSI codes)",
+              properties=(("delta.dataSkippingStatsColumns", "roi_id,params_hash,series_instance_uid,"
+                           "patient_pseudo_id,status,error_code,run_id,extracted_at"),)),
+        Table("gold.predictions", PREDICTIONS, key=("patch_id", "model_name", "model_version"),
+              description="model scores per patch and registered model version (batch inference)"),
         Table("ops.pipeline_runs", PIPELINE_RUNS, key=("run_id",),
               description="one row per job run: inputs' Delta versions, rows in/out, status, duration"),
+        Table("ops.index_state", INDEX_STATE, key=("entity", "table", "run_id"),
+              description="search index: the Delta version each index entity has caught up with, per table; "
+                          "appended by each run that advanced it, the latest row per (entity, table) is in force"),
+        Table("ops.index_rejections", INDEX_REJECTIONS, key=("entity", "doc_id", "run_id"),
+              description="search index: documents Elasticsearch refused, with the reason (appended per run)"),
     )
 }
 
