@@ -21,6 +21,8 @@ from typing import Literal
 
 import numpy as np
 
+from . import _kernels
+
 Mode = Literal["width", "count", "none"]
 
 
@@ -65,7 +67,8 @@ def discretise(values: np.ndarray, *, mode: Mode = "width", bin_width: float = 2
                bin_count: int | None = None) -> Discretised:
     """Discretise ROI intensities ``values`` (1-D, the voxels inside the mask).
 
-    mode "width": X_d = digitize(X, bin_edges_fixed_width(X, bin_width)) (1-based);
+    mode "width": X_d = digitize(X, bin_edges_fixed_width(X, bin_width)) (1-based; ``np.digitize``, compiled
+    in :mod:`._kernels` where numba is there);
     mode "count": X_d = digitize(X, bin_edges_fixed_count(X, bin_count));
     mode "none":  X_d = X, which must already be integers >= 1 (else ValueError)."""
     values = np.asarray(values)
@@ -85,7 +88,9 @@ def discretise(values: np.ndarray, *, mode: Mode = "width", bin_width: float = 2
         edges = bin_edges_fixed_count(values, bin_count)
     else:
         raise ValueError(f"unknown discretisation mode {mode!r}; use 'width', 'count' or 'none'")
-    return Discretised(np.digitize(values.astype(np.float64), edges).astype(np.int64), edges)
+    x = np.ascontiguousarray(values, dtype=np.float64)
+    levels = _kernels.digitize(x, edges) if _kernels.AVAILABLE else np.digitize(x, edges)
+    return Discretised(levels.astype(np.int64), edges)
 
 
 def levels_present(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

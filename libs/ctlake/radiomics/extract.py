@@ -8,6 +8,10 @@ unsupported entries unless ``strict=False``, in which case it computes what it s
 caller has the list.
 
 ``extract(image_zyx, mask_zyx, spacing_zyx_mm, params)`` returns ``original_<class>_<Feature>``.
+It computes them with the compiled kernels of :mod:`.engine` (numba; the first call in a process
+compiles them or loads them from numba's disk cache) and, where numba is missing, with the numpy code of
+the family modules; ``extract_ibsi`` always uses the numpy code. Both give the same values within
+round-off (tests/unit/test_radiomics_kernels.py).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import yaml
 
 from ctlake.errors import CtlakeError
 
-from . import firstorder, glcm, gldm, glrlm, glszm, ngtdm, shape
+from . import engine, firstorder, glcm, gldm, glrlm, glszm, ngtdm, shape
+from ._kernels import gather_roi
 from ._table import Feature
 from .discretise import discretise
 
@@ -166,21 +171,39 @@ def load_params(path: str | Path) -> Params:
     return params_from_mapping(doc, source=str(path))
 
 
+_DEFAULT_FEATURES = {cls: [n for n, f in table.items() if f.default] for cls, table in FAMILIES.items()}
+
+
 def enabled_features(params: Params, cls: str) -> list[str]:
     """Feature names of ``cls`` that ``params`` enables (listed ones, else the default ones)."""
     names = params.feature_classes.get(cls)
     if names is None:
-        return [n for n, f in FAMILIES[cls].items() if f.default]
+        return list(_DEFAULT_FEATURES[cls])
     return names
 
 
 @dataclass(frozen=True)
 class _Prepared:
+    """The ROI cut to its bounding box: intensities x (float64, C order), grey levels (1-D, same order),
+    the number of bins N_b, the bool mask of the box (z, y, x) and the spacing (mm)."""
+
     x: np.ndarray
-    levels_zyx: np.ndarray
-    counts: np.ndarray
+    levels: np.ndarray
+    n_bins: int
     mask_zyx: np.ndarray
     spacing: tuple[float, float, float]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Voxels per discretised bin 1..N_b (empty bins included)."""
+        return np.bincount(self.levels, minlength=self.n_bins + 1)[1:]
+
+    @property
+    def levels_zyx(self) -> np.ndarray:
+        """Grey levels of the box (int64), 0 outside the ROI (the family modules' input)."""
+        out = np.zeros(self.mask_zyx.shape, dtype=np.int64)
+        out[self.mask_zyx] = self.levels
+        return out
 
 
 def _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params: Params) -> _Prepared:
@@ -189,21 +212,47 @@ def _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params: Params) -> _Prepared:
     if image.shape != mask_in.shape or image.ndim != 3:
         raise ValueError(f"image {image.shape} and mask {mask_in.shape} must be 3-D arrays of one shape")
     mask = mask_in == params.settings["label"]
-    if not mask.any():
-        raise ValueError(f"mask has no voxels with label {params.settings['label']}")
-    nz = np.nonzero(mask)
-    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
-    image, mask = image[box], mask[box]
-    x = image[mask].astype(np.float64)
+    if engine.AVAILABLE and image.dtype.isnative and image.dtype.kind in "iuf" and image.dtype != np.float16:
+        box, x, mask8 = gather_roi(np.ascontiguousarray(image), np.ascontiguousarray(mask).view(np.uint8))
+        if box[0] < 0:
+            raise ValueError(f"mask has no voxels with label {params.settings['label']}")
+        mask = mask8.view(bool)
+    else:
+        if not mask.any():
+            raise ValueError(f"mask has no voxels with label {params.settings['label']}")
+        nz = np.nonzero(mask)
+        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+        image, mask = image[box], mask[box]
+        x = image[mask].astype(np.float64)
     s = params.settings
     if s["binCount"] is not None:
         disc = discretise(x, mode="count", bin_count=s["binCount"])
     else:
         disc = discretise(x, mode="width", bin_width=s["binWidth"])
-    levels = np.zeros(mask.shape, dtype=np.int64)
-    levels[mask] = disc.levels
-    counts = np.bincount(disc.levels, minlength=len(disc.edges))[1:]
-    return _Prepared(x, levels, counts, mask, tuple(float(v) for v in spacing_zyx_mm))
+    return _Prepared(x, disc.levels, len(disc.edges) - 1, mask, tuple(float(v) for v in spacing_zyx_mm))
+
+
+def _compiled_values(prep: _Prepared, params: Params, classes) -> dict[str, dict[str, float]]:
+    """class -> {feature name: value} for every feature of each class in ``classes`` (:mod:`.engine`)."""
+    s = params.settings
+    roi = engine.prepare_roi(prep.mask_zyx, prep.levels, prep.spacing, pad=max(int(d) for d in s["distances"]))
+    out: dict[str, dict[str, float]] = {}
+    hood = None
+    for cls in classes:
+        if cls == "firstorder":
+            out[cls] = engine.firstorder_values(prep.x, roi, s)
+        elif cls == "shape":
+            out[cls] = engine.shape_values(roi, s)
+        elif cls == "glcm":
+            out[cls] = engine.glcm_values(roi, s)
+        elif cls == "glrlm":
+            out[cls] = engine.glrlm_values(roi, s)
+        elif cls == "glszm":
+            out[cls] = engine.glszm_values(roi, s)
+        else:  # gldm, ngtdm: one pass over the neighbourhoods for both
+            hood = hood or engine.neighbourhood_values(roi, s)
+            out[cls] = (engine.gldm_values if cls == "gldm" else engine.ngtdm_values)(roi, s, hood)
+    return out
 
 
 def _family_inputs(prep: _Prepared, params: Params, classes, *, ibsi: bool = False) -> dict[str, Any]:
@@ -212,6 +261,7 @@ def _family_inputs(prep: _Prepared, params: Params, classes, *, ibsi: bool = Fal
     which the ROI is flat)."""
     s = params.settings
     plane = {"force2d": bool(s["force2D"]), "force2d_dimension": int(s["force2Ddimension"])}
+    levels_zyx = prep.levels_zyx
     out: dict[str, Any] = {}
     if "firstorder" in classes:
         out["firstorder"] = firstorder.FirstOrderInput(prep.x, prep.counts, float(np.prod(prep.spacing)),
@@ -219,21 +269,21 @@ def _family_inputs(prep: _Prepared, params: Params, classes, *, ibsi: bool = Fal
     if "shape" in classes:
         out["shape"] = shape.prepare(prep.mask_zyx, prep.spacing)
     if "glcm" in classes:
-        p, grey = glcm.matrices(prep.levels_zyx, prep.spacing, distances=tuple(s["distances"]),
+        p, grey = glcm.matrices(levels_zyx, prep.spacing, distances=tuple(s["distances"]),
                                 symmetric=bool(s["symmetricalGLCM"]), weighting_norm=s["weightingNorm"],
                                 **plane)
         out["glcm"] = glcm.coefficients(p, grey)
     if "glrlm" in classes:
-        p, grey = glrlm.matrices(prep.levels_zyx, prep.spacing, weighting_norm=s["weightingNorm"],
+        p, grey = glrlm.matrices(levels_zyx, prep.spacing, weighting_norm=s["weightingNorm"],
                                  drop_flat=not ibsi, **plane)
         out["glrlm"] = glrlm.coefficients(p, grey)
     if "glszm" in classes:
-        out["glszm"] = glrlm.coefficients(*glszm.zone_matrix(prep.levels_zyx, **plane))
+        out["glszm"] = glrlm.coefficients(*glszm.zone_matrix(levels_zyx, **plane))
     if "gldm" in classes:
         out["gldm"] = glrlm.coefficients(*gldm.dependence_matrix(
-            prep.levels_zyx, alpha=s["gldm_a"], distances=tuple(s["distances"]), **plane))
+            levels_zyx, alpha=s["gldm_a"], distances=tuple(s["distances"]), **plane))
     if "ngtdm" in classes:
-        out["ngtdm"] = ngtdm.matrix(prep.levels_zyx, distances=tuple(s["distances"]), exclude_isolated=ibsi,
+        out["ngtdm"] = ngtdm.matrix(levels_zyx, distances=tuple(s["distances"]), exclude_isolated=ibsi,
                                     **plane)
     return out
 
@@ -258,8 +308,14 @@ def extract(image_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx_mm: tuple[f
     _check(params, strict)
     classes = [c for c in FAMILIES if c in params.feature_classes]
     prep = _prepare(image_zyx, mask_zyx, spacing_zyx_mm, params)
-    inputs = _family_inputs(prep, params, classes)
     out: dict[str, float] = {}
+    if engine.AVAILABLE:
+        values = _compiled_values(prep, params, classes)
+        for cls in classes:
+            for name in enabled_features(params, cls):
+                out[f"original_{cls}_{name}"] = values[cls][name]
+        return out
+    inputs = _family_inputs(prep, params, classes)
     for cls in classes:
         for name in enabled_features(params, cls):
             out[f"original_{cls}_{name}"] = _value(cls, FAMILIES[cls][name], inputs[cls])
