@@ -94,10 +94,19 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
              "slice_thickness_mm": r["slice_thickness_mm"], "modalities": r["modalities"]} for r in series_rows]
 
     progress("5/7 Spark: bronze → silver.ct_series / silver.ct_volumes (QC, HU, clip, 1 mm)")
+    from ctlake.process.lungs import build_lung_masks
+    from ctlake.process.nodules import build_nodules
+    from ctlake.process.patches import build_patches
     from ctlake.process.volumes import build_volumes
 
     volumes = build_volumes(spark, cfg)
     built = delta.read(spark, cfg, "silver.ct_series").filter("status = 'built'").count()
+    progress("   silver.lung_masks → gold.nodules (annotations.csv) → gold.nodule_patches")
+    lungs = build_lung_masks(spark, cfg)
+    nodules = build_nodules(spark, cfg, luna16=[out / "annotations.csv"])
+    patches = build_patches(spark, cfg)
+    n_nodules_ok = delta.read(spark, cfg, "gold.nodules").filter("status = 'ok'").count()
+    n_patches = delta.read(spark, cfg, "gold.nodule_patches").count()
 
     progress("6/7 MLflow: logging a run with a preview image")
     import mlflow
@@ -140,10 +149,13 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
     summary = {
         "series": len(rows), "nodules": len(manifest.annotations), "instances_sent": sent,
         "bronze_instances": n_bronze, "quarantined": n_quarantine, "bronze_version": bronze_version,
-        "volumes_built": built, "volumes_this_run": volumes["built"],
+        "volumes_built": built, "volumes_this_run": volumes["built"], "lung_masks_ok": lungs.get("ok"),
+        "nodules_ok": n_nodules_ok, "nodules_failed_this_run": nodules.get("failed"), "patches": n_patches,
+        "patches_this_run": patches.get("written"),
         "es_docs": indexed, "lake": cfg.lake_root,
         "tables": [cfg.table_path(t) for t in ("bronze.dicom_instances", "bronze.quarantine", "silver.ct_series",
-                                               "silver.ct_volumes", "ops.pipeline_runs")],
+                                               "silver.ct_volumes", "silver.lung_masks", "gold.nodules",
+                                               "gold.nodule_patches", "ops.pipeline_runs")],
         "cohort": str(out), "preview": str(png), "mlflow_run": mlflow_url,
         "elasticsearch": f"{cfg.elasticsearch.url}/{index}/_search", "seconds": round(time.monotonic() - t0, 1),
     }

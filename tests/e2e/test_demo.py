@@ -26,6 +26,11 @@ def test_demo_end_to_end(cfg, kafka, mlflow_server, elasticsearch, spark, tmp_pa
     assert bronze.count() >= summary["instances_sent"]
     runs = spark.read.format("delta").load(cfg.table_path("ops.pipeline_runs")).filter("job = 'ingest_stream'")
     assert runs.filter("status = 'succeeded'").count() >= 1
+    # every table of the pipeline exists and the gold tables hold the cohort's nodules
+    for table in summary["tables"]:
+        if not table.endswith("quarantine"):  # a clean synthetic cohort quarantines nothing
+            assert spark.read.format("delta").load(table).count() > 0, table
+    assert summary["nodules_ok"] >= 1 and summary["patches"] >= summary["nodules_ok"]
     # the MLflow run has its preview image
     from mlflow.tracking import MlflowClient
 
