@@ -378,8 +378,7 @@ def test_second_run_adds_nothing_and_runs_are_recorded(spark, gold):
 
 def test_process_volumes_flags_override_the_config(cfg):
     """`ctlake process volumes` takes imaging.volume / imaging.series from the profile unless a flag is given."""
-    from ctlake.cli import build_parser
-    from ctlake.commands.imaging import volume_settings
+    from ctlake.cli import build_parser, volume_settings
     from ctlake.config import load_config
 
     parser = build_parser()
