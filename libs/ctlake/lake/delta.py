@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
+CDF_PROPERTY = "delta.enableChangeDataFeed"
+
+
 @dataclass(frozen=True)
 class WriteResult:
     table: str
@@ -74,6 +77,9 @@ def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
                 .partitionedBy(*decl.partition_by)
             for key, value in decl.properties:
                 builder = builder.property(key, value)
+            if CDF_PROPERTY not in dict(decl.properties):
+                # the search index follows every table through its change data feed (ctlake.index)
+                builder = builder.property(CDF_PROPERTY, "true")
             builder.execute()
         except Exception:  # noqa: BLE001 - two writers creating the table at once
             # Another writer may be half-way through its first commit (Delta then reports a
