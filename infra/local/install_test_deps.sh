@@ -54,6 +54,21 @@ ready() {
   ! grep -qv '^ok ' <<<"$p" && "$PY" -c 'import radiomics' >/dev/null 2>&1
 }
 
+# The dashboard's browser test (tests/integration/test_dashboard.py) drives Debian's chromium with
+# Playwright (executable_path=/usr/bin/chromium; no `playwright install` download). Needs root (or sudo).
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && sudo -n true 2>/dev/null; then SUDO="sudo -n"; fi
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    say "installing chromium and chromium-driver (apt-get) for the dashboard browser test"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    say "chromium missing and apt-get unusable here (not root, no sudo): the dashboard browser test will fail;"
+    say "install it with: sudo apt-get install -y chromium chromium-driver"
+  fi
+fi
+
 if ready; then
   exit 0
 fi

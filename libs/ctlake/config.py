@@ -471,6 +471,8 @@ class IndexConfig:
     total_fields_limit: int = 5000     # radiomics features are one field each
     keep_old_indices: bool = False     # after an alias swap, keep the previous index (else deleted)
     kibana_dir: str = "infra/kibana"   # where `ctlake dashboards export` writes the NDJSON
+    dashboard_host: str = "127.0.0.1"  # `ctlake dashboard` (no login: keep it on loopback)
+    dashboard_port: int = 8050
 
     def __post_init__(self) -> None:
         for name in ("chunk_docs", "chunk_mb", "parallelism", "shards", "total_fields_limit"):
@@ -478,6 +480,8 @@ class IndexConfig:
                 raise ConfigError(f"index.{name}: must be >= 1, got {getattr(self, name)}")
         if self.replicas < 0 or self.max_retries < 0:
             raise ConfigError("index.replicas and index.max_retries: must be >= 0")
+        if not 1 <= self.dashboard_port <= 65535:
+            raise ConfigError(f"index.dashboard_port: {self.dashboard_port} is outside 1..65535")
         if not 0 < self.initial_backoff_s <= self.max_backoff_s:
             raise ConfigError(f"index.initial_backoff_s ({self.initial_backoff_s}) must be > 0 and <= "
                               f"index.max_backoff_s ({self.max_backoff_s})")

@@ -2,7 +2,7 @@
 
 infra up → a small synthetic cohort → de-identified at the edge and sent through Kafka → streamed
 into ``bronze.dicom_instances`` (and ``ops.pipeline_runs``) with Spark and Delta → the series view
-→ an MLflow run with a preview image → the series indexed in Elasticsearch → where to look.
+→ an MLflow run with a preview image → every table indexed in Elasticsearch → where to look.
 Later issues grow this into the whole pipeline (volumes, nodules, radiomics, training).
 """
 
@@ -126,24 +126,14 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
         mlflow.log_artifact(str(png))
         mlflow.set_tags({"ctlake.table": "bronze.dicom_instances", "ctlake.topic": topic})
 
-    progress("7/7 Elasticsearch: indexing the series")
-    from elasticsearch import helpers
+    progress("7/7 Elasticsearch: indexing every table (change data feed → versioned indices behind aliases)")
+    from ctlake.index import kibana
+    from ctlake.index.indexer import index_after
+    from ctlake.index.model import alias_of
 
-    from ctlake.index.client import es_client, index_name
-
-    es = es_client(cfg)
-    index = index_name(cfg, "demo-series")
-    if es.indices.exists(index=index):   # the search issue replaces this with versioned templates
-        es.indices.delete(index=index)
-    es.indices.create(index=index, settings={"number_of_replicas": 0}, mappings={
-        "dynamic": "strict", "properties": {
-            "series_instance_uid": {"type": "keyword"}, "patient_pseudo_id": {"type": "keyword"},
-            "manufacturer": {"type": "keyword"}, "kernel": {"type": "keyword"},
-            "instances": {"type": "integer"}, "slice_thickness_mm": {"type": "float"},
-            "modalities": {"type": "keyword"}}})
-    helpers.bulk(es, ({"_index": index, "_id": r["series_instance_uid"], "_source": r} for r in rows))
-    es.indices.refresh(index=index)
-    indexed = es.count(index=index, query={"ids": {"values": [r["series_instance_uid"] for r in rows]}})["count"]
+    indexed = index_after(spark, cfg, progress=progress)
+    es_docs = {e["entity"]: e.get("docs", 0) for e in indexed.get("entities", [])}
+    ndjson = kibana.export(cfg, cfg.state_dir / "demo" / "kibana")
 
     mlflow_url = f"{cfg.mlflow.tracking_uri}/#/experiments/{mlrun.info.experiment_id}/runs/{mlrun.info.run_id}"
     summary = {
@@ -152,12 +142,14 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
         "volumes_built": built, "volumes_this_run": volumes["built"], "lung_masks_ok": lungs.get("ok"),
         "nodules_ok": n_nodules_ok, "nodules_failed_this_run": nodules.get("failed"), "patches": n_patches,
         "patches_this_run": patches.get("written"),
-        "es_docs": indexed, "lake": cfg.lake_root,
+        "index": indexed.get("status"), "es_docs": es_docs, "lake": cfg.lake_root,
         "tables": [cfg.table_path(t) for t in ("bronze.dicom_instances", "bronze.quarantine", "silver.ct_series",
                                                "silver.ct_volumes", "silver.lung_masks", "gold.nodules",
                                                "gold.nodule_patches", "ops.pipeline_runs")],
         "cohort": str(out), "preview": str(png), "mlflow_run": mlflow_url,
-        "elasticsearch": f"{cfg.elasticsearch.url}/{index}/_search", "seconds": round(time.monotonic() - t0, 1),
+        "elasticsearch": f"{cfg.elasticsearch.url}/{alias_of(cfg, 'series')}/_search", "kibana_ndjson": str(ndjson),
+        "dashboard": f"http://{cfg.index.dashboard_host}:{cfg.index.dashboard_port}/  (start it: ctlake dashboard)",
+        "seconds": round(time.monotonic() - t0, 1),
     }
     width = max(len(k) for k in summary)
     print("\nctlake demo: done")

@@ -309,6 +309,11 @@ def test_phi_scan_kibana_fields_and_dashboard_aggregations(spark, lake):
     assert "index_search" in {r["key"] for r in pipes["pipe_duration"]}
     clicked = aggs.series_for_bucket(cfg, "catalog_kernel", cat["catalog_kernel"][0]["key"], es=es)
     assert len(clicked) == cat["catalog_kernel"][0]["count"]
+    # click-through under a filter lists only the series the filtered bar counted
+    kernel = only["catalog_kernel"][0]
+    under = aggs.series_for_bucket(cfg, "catalog_kernel", kernel["key"], filters=aggs.Filters(manufacturer=(maker,)),
+                                   es=es)
+    assert len(under) == kernel["count"] and {s["manufacturer"] for s in under} == {maker}
 
 
 def test_training_runs_from_mlflow(spark, lake):

@@ -170,6 +170,8 @@ def filter_query(es: Elasticsearch, cfg: Config, entity: str, filters: Filters |
     ent = ENTITIES[entity]
     if ent.time_field and (f.date_from or f.date_to):
         r = {k: _iso(v) for k, v in (("gte", f.date_from), ("lte", f.date_to)) if v}
+        if "lte" in r and len(r["lte"]) == 10:   # a day (YYYY-MM-DD): up to its last millisecond
+            r["lte"] += "||/d"
         clauses.append({"range": {ent.time_field: r}})
     if f.manufacturer or f.qc_flag:
         series_clauses: list[dict] = []
@@ -190,7 +192,7 @@ def filter_query(es: Elasticsearch, cfg: Config, entity: str, filters: Filters |
     return {"bool": {"filter": clauses}}
 
 
-def _interval(es: Elasticsearch, index: str, query: dict, b: Bucket) -> float | str | None:
+def bucket_interval(es: Elasticsearch, index: str, query: dict, b: Bucket) -> float | str | None:
     if b.kind == "terms":
         return None
     if b.kind == "date_histogram":
@@ -237,7 +239,7 @@ def run_panel(es: Elasticsearch, cfg: Config, panel: Panel, filters: Filters | N
         res = es.search(index=index, size=0, query=query, aggs=metric_aggs or None, track_total_hits=True)
         bucket = {"doc_count": res["hits"]["total"]["value"], **res.get("aggregations", {})}
         return [{"count": bucket["doc_count"], **_metric_values(bucket, panel.metrics)}]
-    intervals = [_interval(es, index, query, b) for b in panel.buckets]
+    intervals = [bucket_interval(es, index, query, b) for b in panel.buckets]
     inner = dict(metric_aggs)
     if len(panel.buckets) > 1:
         inner = {"split": {**_bucket_agg(panel.buckets[1], intervals[1]), "aggs": metric_aggs} if metric_aggs
@@ -342,23 +344,25 @@ def models(es: Elasticsearch, cfg: Config, filters: Filters | None = None, metri
     return out
 
 
-def series_for_bucket(cfg: Config, panel_id: str, key: Any, *, split: Any = None,
+def series_for_bucket(cfg: Config, panel_id: str, key: Any, *, split: Any = None, filters: Filters | None = None,
                       es: Elasticsearch | None = None, limit: int | None = 1000) -> list[dict]:
-    """Click-through: the series behind one bar of a series panel (terms/histogram buckets)."""
+    """Click-through: the series behind one bar of a series panel (terms/histogram buckets), under the
+    same ``filters`` the chart was drawn with (histogram widths are computed on that filtered query)."""
     from ctlake.index.model import client
 
     panel = next(p for p in PANELS if p.id == panel_id)
     if panel.entity != "series":
         raise ValueError(f"panel {panel_id} is not over series")
     es = es or client(cfg.elasticsearch, cfg.index)
-    clauses = []
+    query = filter_query(es, cfg, "series", filters, panel.query)
+    clauses = [query]
     for b, v in zip(panel.buckets, (key, split), strict=False):
         if v is None:
             continue
         if b.kind == "terms":
             clauses.append({"term": {b.field: v}})
         elif b.kind == "histogram":
-            step = _interval(es, index_name(cfg, "series"), {"match_all": {}}, b)
+            step = bucket_interval(es, index_name(cfg, "series"), query, b)
             clauses.append({"range": {b.field: {"gte": v, "lt": float(v) + float(step)}}})
         else:
             unit = {"day": "d", "week": "w", "month": "M", "year": "y"}.get(str(b.interval), "M")
