@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,5 +42,5 @@ def test_demo_end_to_end(cfg, kafka, mlflow_server, elasticsearch, spark, tmp_pa
     run_id = summary["mlflow_run"].rsplit("/", 1)[-1]
     client = MlflowClient(cfg.mlflow.tracking_uri)
     assert [a.path for a in client.list_artifacts(run_id)] == ["preview.png"]
-    assert "index-pattern" in open(summary["kibana_ndjson"]).read()
+    assert "index-pattern" in Path(summary["kibana_ndjson"]).read_text()
     assert client.get_run(run_id).data.metrics["series"] == 2
