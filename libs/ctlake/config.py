@@ -407,7 +407,9 @@ class TrainConfig:
     restore_best: bool = True
     balance: str = "weighted_loss"
     sync_batchnorm: bool = True
-    threshold: float = 0.5
+    device: str = "auto"
+    bf16: bool = True
+    threshold: float | None = None
     bootstrap_resamples: int = 1000
     ci_level: float = 0.95
     registry_prefix: str = "ctlake-"
@@ -427,7 +429,7 @@ class TrainConfig:
                    "normalisation": ("window", "zscore"), "launcher": ("spark", "horovodrun"),
                    "optimizer": ("adam", "adamw", "sgd"), "lr_schedule": ("none", "cosine", "step", "plateau"),
                    "early_stopping_metric": ("val_auc", "val_loss"),
-                   "balance": ("none", "weighted_loss", "oversample")}
+                   "balance": ("none", "weighted_loss", "oversample"), "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
@@ -443,8 +445,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 < self.lr_gamma <= 1:
             raise ConfigError("train: lr must be > 0 and lr_gamma in (0, 1]")
-        if not 0 < self.threshold < 1 or not 0 < self.ci_level < 1:
-            raise ConfigError("train: threshold and ci_level must lie in (0, 1)")
+        if (self.threshold is not None and not 0 < self.threshold < 1) or not 0 < self.ci_level < 1:
+            raise ConfigError("train: threshold (or null) and ci_level must lie in (0, 1)")
 
     def model_config(self, kind: str) -> TrainModelConfig:
         """The section of model ``kind`` (candidate | malignancy | hybrid)."""
