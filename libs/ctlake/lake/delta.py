@@ -37,7 +37,12 @@ def version(spark: SparkSession, path: str) -> int:
 
     if not exists(spark, path):
         return -1
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+    try:  # the JVM's DeltaLog: one listing of _delta_log, no Spark job (history(1) runs one: ~1 s)
+        jvm = spark._jvm
+        log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+        return int(log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty()).version())
+    except Exception:  # noqa: BLE001 - no JVM gateway (Spark Connect) or another Delta build
+        return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
 
 
 def read(spark: SparkSession, cfg: Config, name: str, *, as_of: int | None = None) -> DataFrame:
@@ -49,7 +54,8 @@ def read(spark: SparkSession, cfg: Config, name: str, *, as_of: int | None = Non
 
 def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
           mode: Literal["merge", "insert_new", "append"] = "merge", retries: int = 8, count: bool = True,
-          txn: tuple[str, int] | None = None, deterministic_source: bool = False) -> WriteResult:
+          txn: tuple[str, int] | None = None, deterministic_source: bool = False,
+          options: dict[str, str] | None = None) -> WriteResult:
     """Write ``df`` to the declared table ``name``.
 
     ``merge`` upserts on the table's key (update matched, insert new); ``insert_new`` only inserts
@@ -59,7 +65,8 @@ def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
     makes an append idempotent: Delta skips it if that pair was committed before.
     ``deterministic_source=True`` (the frame is persisted or otherwise re-reads the same rows) lets
     the MERGE skip materialising its source, which costs a full copy of it (4× faster on DICOM
-    bytes here).
+    bytes here). ``options``: extra DataFrameWriter options for ``append`` (Delta passes on
+    ``compression`` and ``maxRecordsPerFile``).
     The frame is cast to the declared schema first, so a writer cannot silently change a table's
     columns.
     """
@@ -92,6 +99,8 @@ def write(spark: SparkSession, cfg: Config, df: DataFrame, name: str, *,
         writer = df.write.format("delta").mode("append")
         if txn is not None:
             writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
+        for k, v in (options or {}).items():
+            writer = writer.option(k, v)
         writer.save(path)
         return WriteResult(name, path, version(spark, path), rows)
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in decl.key)
