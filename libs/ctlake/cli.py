@@ -270,7 +270,8 @@ def cmd_spark_conf(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ctlake.demo import run_demo
 
-    summary = run_demo(_config(args), patients=args.patients, progress=_say)
+    summary = run_demo(_config(args), patients=args.patients, train_np=args.np, train_epochs=args.epochs,
+                       progress=_say)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
@@ -393,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the local services")
     p.add_argument("--patients", type=int, default=3, help="synthetic patients (default 3)")
+    p.add_argument("--np", type=int, default=2, help="Horovod workers for the training step (default 2)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
     p.set_defaults(func=cmd_demo)
 

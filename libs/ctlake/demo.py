@@ -2,8 +2,9 @@
 
 infra up → a small synthetic cohort → de-identified at the edge and sent through Kafka → streamed
 into ``bronze.dicom_instances`` (and ``ops.pipeline_runs``) with Spark and Delta → the series view
-→ an MLflow run with a preview image → every table indexed in Elasticsearch → where to look.
-Later issues grow this into the whole pipeline (volumes, nodules, radiomics, training).
+→ HU volumes, lung masks, nodules and patches → radiomics → a candidate classifier trained with two
+Horovod workers, evaluated with bootstrap CIs, registered in MLflow, and its predictions in gold →
+an MLflow run with a preview image → every table indexed in Elasticsearch → where to look.
 """
 
 from __future__ import annotations
@@ -50,22 +51,46 @@ def _preview_png(series_dir: Path, nodule: dict | None, out: Path) -> Path:
     return out
 
 
-def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
+def _train_evaluate_predict(spark, cfg: Config, *, np: int, epochs: int, progress: Callable[[str], None]) -> dict:
+    """Train the candidate classifier (nodule patch vs. negative) with ``np`` Horovod workers on the
+    Spark executors from a petastorm snapshot of gold.nodule_patches, evaluate it with patient-bootstrap
+    CIs on the first split holding both classes, register it (alias ``candidate``) and score every
+    patch into gold.predictions."""
+    import dataclasses
+
+    from ctlake.train import pipeline as tp
+
+    tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs, batch_size=4 * np,
+                                                              threads_per_worker=1))
+    tr = tp.train(spark, tcfg, model="candidate", np=np, launcher="spark", loader="petastorm", progress=progress)
+    counts = tr.snapshot.counts
+    split = next((s for s in ("test", "validation", "train")
+                  if 0 < counts.get(s, {}).get("positives", 0) < counts.get(s, {}).get("rows", 0)), "train")
+    ev = tp.evaluate(spark, tcfg, tr.run_id, split=split, resamples=200, progress=progress)
+    name, version = tp.register(tcfg, tr.run_id, progress=progress)
+    pr = tp.predict(spark, tcfg, kind="candidate", progress=progress)
+    auc = ev.metric("auc")
+    return {"train_run": tr.run_url, "ranks_identical": tr.summary()["ranks_identical"], "eval_split": split,
+            "auc": f"{auc.estimate:.3f} [{auc.ci_low:.3f}, {auc.ci_high:.3f}]",
+            "model": f"{name} v{version} @candidate", "predictions": pr.rows}
+
+
+def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7, train_np: int = 2, train_epochs: int = 3,
              progress: Callable[[str], None] = print) -> dict:
     """Run the demo against the profile's services; return a summary (also printed)."""
     from ctlake.infra import services
     from ctlake.synth import SynthConfig, generate_cohort
 
     t0 = time.monotonic()
-    progress("1/7 starting local services (Kafka, MLflow, Elasticsearch)")
+    progress("1/9 starting local services (Kafka, MLflow, Elasticsearch)")
     services.up(cfg, None, progress=progress)
 
-    progress(f"2/7 synthesizing {patients} patients")
+    progress(f"2/9 synthesizing {patients} patients")
     out = cfg.state_dir / "demo" / "cohort"
     manifest = generate_cohort(out, SynthConfig(patients=patients, seed=seed, size=96),
                                overwrite=True)
 
-    progress("3/7 Kafka: de-identifying at the edge and sending every instance")
+    progress("3/9 Kafka: de-identifying at the edge and sending every instance")
     from ctlake.ingest import bronze
     from ctlake.ingest.producer import send
     from ctlake.lake import delta
@@ -79,7 +104,7 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
         sent += rep.sent
         n_refused += sum(rep.refused.values())
 
-    progress("4/7 Spark: Kafka → bronze.dicom_instances (checkpointed stream, drained)")
+    progress("4/9 Spark: Kafka → bronze.dicom_instances (checkpointed stream, drained)")
     spark = get_spark(cfg, app_name="ctlake-demo")
     bronze.stream(spark, cfg, topic=topic, available_now=True)
     from ctlake.ingest import views
@@ -93,7 +118,7 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
              "manufacturer": r["manufacturer"], "kernel": r["convolution_kernel"], "instances": r["instances"],
              "slice_thickness_mm": r["slice_thickness_mm"], "modalities": r["modalities"]} for r in series_rows]
 
-    progress("5/7 Spark: bronze → silver.ct_series / silver.ct_volumes (QC, HU, clip, 1 mm)")
+    progress("5/9 Spark: bronze → silver.ct_series / silver.ct_volumes (QC, HU, clip, 1 mm)")
     from ctlake.process.lungs import build_lung_masks
     from ctlake.process.nodules import build_nodules
     from ctlake.process.patches import build_patches
@@ -108,7 +133,17 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
     n_nodules_ok = delta.read(spark, cfg, "gold.nodules").filter("status = 'ok'").count()
     n_patches = delta.read(spark, cfg, "gold.nodule_patches").count()
 
-    progress("6/7 MLflow: logging a run with a preview image")
+    progress("6/9 Spark: gold.nodules + silver.ct_volumes → gold.radiomics_features (IBSI / PyRadiomics names)")
+    from ctlake.process.radiomics import extract_radiomics
+
+    radiomics = extract_radiomics(spark, cfg)
+    n_features_ok = delta.read(spark, cfg, "gold.radiomics_features").filter("status = 'ok'").count()
+
+    progress(f"7/9 Horovod: training the candidate classifier on {train_np} workers → evaluate → register → "
+             "gold.predictions")
+    trained = _train_evaluate_predict(spark, cfg, np=train_np, epochs=train_epochs, progress=progress)
+
+    progress("8/9 MLflow: logging a run with a preview image")
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -126,7 +161,7 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
         mlflow.log_artifact(str(png))
         mlflow.set_tags({"ctlake.table": "bronze.dicom_instances", "ctlake.topic": topic})
 
-    progress("7/7 Elasticsearch: indexing every table (change data feed → versioned indices behind aliases)")
+    progress("9/9 Elasticsearch: indexing every table (change data feed → versioned indices behind aliases)")
     from ctlake.index import kibana
     from ctlake.index.indexer import index_after
     from ctlake.index.model import alias_of
@@ -141,11 +176,13 @@ def run_demo(cfg: Config, *, patients: int = 3, seed: int = 7,
         "bronze_instances": n_bronze, "quarantined": n_quarantine, "bronze_version": bronze_version,
         "volumes_built": built, "volumes_this_run": volumes["built"], "lung_masks_ok": lungs.get("ok"),
         "nodules_ok": n_nodules_ok, "nodules_failed_this_run": nodules.get("failed"), "patches": n_patches,
-        "patches_this_run": patches.get("written"),
+        "patches_this_run": patches.get("written"), "radiomics_ok": n_features_ok,
+        "radiomics_failed_this_run": radiomics.get("failed"), **trained,
         "index": indexed.get("status"), "es_docs": es_docs, "lake": cfg.lake_root,
         "tables": [cfg.table_path(t) for t in ("bronze.dicom_instances", "bronze.quarantine", "silver.ct_series",
                                                "silver.ct_volumes", "silver.lung_masks", "gold.nodules",
-                                               "gold.nodule_patches", "ops.pipeline_runs")],
+                                               "gold.nodule_patches", "gold.radiomics_features", "gold.predictions",
+                                               "ops.pipeline_runs")],
         "cohort": str(out), "preview": str(png), "mlflow_run": mlflow_url,
         "elasticsearch": f"{cfg.elasticsearch.url}/{alias_of(cfg, 'series')}/_search", "kibana_ndjson": str(ndjson),
         "dashboard": f"http://{cfg.index.dashboard_host}:{cfg.index.dashboard_port}/  (start it: ctlake dashboard)",
