@@ -50,5 +50,6 @@ if [ "$WHERE" != "$ROOT/libs" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
 fi
 
+bash infra/airflow/bootstrap.sh >/dev/null   # Airflow in its own venv (infra/airflow), cached by its lock's hash
 "$VENV/bin/ctlake" infra prepare
 say "ready: $VENV (linked as .venv)"

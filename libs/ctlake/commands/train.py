@@ -1,8 +1,9 @@
-"""``ctlake train | evaluate | register | predict``: the model life cycle (ctlake.train.pipeline).
+"""``ctlake train | evaluate | register | promote | predict``: the model life cycle (ctlake.train.pipeline).
 
     ctlake train --np 2 --model malignancy --epochs 10 [--evaluate] [--register [ALIAS]]
     ctlake evaluate --run-id RUN            (or --model ctlake-malignancy@malignancy)
     ctlake register --run-id RUN [--alias candidate] [--name NAME]
+    ctlake promote --model malignancy [--challenger challenger --champion champion --by ci_low]
     ctlake predict --model ctlake-malignancy [--alias malignancy | --version 3]
 
 Each prints a JSON summary on stdout (progress on stderr). Training settings come from the
@@ -112,6 +113,20 @@ def cmd_register(args: argparse.Namespace) -> int:
     cfg = _config(args)
     name, version = pipeline.register(cfg, args.run_id, alias=args.alias, name=args.name, progress=say)
     _emit({"name": name, "version": version, "alias": args.alias, "run_id": args.run_id}, args.json)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    _quiet_mlflow()
+    from ctlake.cli import say
+    from ctlake.train.registry import promote_if_better
+
+    cfg = _config(args)
+    res = promote_if_better(cfg, model=args.model, name=args.name, challenger=args.challenger,
+                            champion=args.champion, metric=args.metric, by=args.by)
+    say(f"promote: {res.name} {'@' + args.champion + ' -> v' + res.challenger_version if res.promoted else 'unchanged'}"
+        f" ({res.reason})")
+    _emit(res.as_dict(), args.json)
     return 0
 
 
@@ -227,6 +242,22 @@ def register(sub, process) -> None:
     p.add_argument("--name", default=None, help="registered model name (default <train.registry_prefix><kind>)")
     p.add_argument("--json", metavar="FILE", help="also write the summary to FILE")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("promote", help="move the champion alias to the challenger only if it is better",
+                       description="Compare the runs behind <name>@CHALLENGER and <name>@CHAMPION on an evaluation "
+                                   "metric (by default the lower bound of test_auc's 95 % CI, logged by `ctlake "
+                                   "evaluate`) and point CHAMPION at the challenger's version only when it is "
+                                   "strictly greater, or when there is no champion yet. Exit code 0 either way; "
+                                   "the JSON says whether it promoted and why.")
+    p.add_argument("--model", choices=KINDS, default=None, help="model kind (name <train.registry_prefix><kind>)")
+    p.add_argument("--name", default=None, help="registered model name (overrides --model)")
+    p.add_argument("--challenger", default="challenger", help="alias of the new model (default challenger)")
+    p.add_argument("--champion", default="champion", help="alias of the model in use (default champion)")
+    p.add_argument("--metric", default="test_auc", help="run metric to compare (default test_auc)")
+    p.add_argument("--by", choices=["ci_low", "estimate"], default="ci_low",
+                   help="ci_low: compare <metric>_ci_low (default); estimate: the metric itself")
+    p.add_argument("--json", metavar="FILE", help="also write the summary to FILE")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("predict", help="batch inference with a registered model -> gold.predictions",
                        formatter_class=raw, epilog=_PREDICT_EPILOG,

@@ -22,6 +22,8 @@ from ctlake.infra.java import cache_dir, java_env, project_root
 BUNDLES = {
     "spark": "infra/jvm/spark/pom.xml",
     "kafka": "infra/jvm/kafka/pom.xml",
+    "hdfs": "infra/hdfs/pom.xml",   # MiniDFSCluster; its launcher: infra/hdfs/src, HdfsService
+    "zeppelin": "infra/zeppelin/pom.xml",   # zeppelin-server 0.10 (tests/integration/test_zeppelin.py)
 }
 _MARKER = ".complete"
 
@@ -29,7 +31,20 @@ _MARKER = ".complete"
 def pom_path(bundle: str) -> Path:
     if bundle not in BUNDLES:
         raise SetupError(f"unknown jar bundle {bundle!r}; known: {sorted(BUNDLES)}")
-    return project_root() / BUNDLES[bundle]
+    path = project_root() / BUNDLES[bundle]
+    if not path.is_file():
+        # ctlake imported from a wheel/zip (spark-submit --py-files): the poms are in the checkout
+        # that holds the conf/ folder in use
+        from ctlake.config import find_conf_dir
+        from ctlake.errors import ConfigError
+
+        try:
+            alt = find_conf_dir().parent / BUNDLES[bundle]
+        except ConfigError:
+            return path
+        if alt.is_file():
+            return alt
+    return path
 
 
 def bundle_dir(bundle: str) -> Path:

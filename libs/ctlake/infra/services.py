@@ -1,4 +1,4 @@
-"""Local services on loopback: Kafka (KRaft), MLflow, Elasticsearch, Spark standalone.
+"""Local services on loopback: Kafka (KRaft), MLflow, Elasticsearch, Spark standalone, HDFS.
 
 Each service keeps its pid file, log and data under ``<state_dir>/<name>/``. ``start`` is
 idempotent (a healthy running service is left alone), ``stop`` after a crash is fine (a stale pid
@@ -454,11 +454,94 @@ class SparkStandaloneService(Service):
         return self.alive_workers() >= self.cfg.services.spark.workers
 
 
+class HdfsService(Service):
+    """A single-node HDFS (NameNode + DataNode) from Hadoop's MiniDFSCluster (infra/hdfs/), optional.
+
+    The jars are the ``hdfs`` bundle (hadoop-client-minicluster 3.4.1, the version of pyspark 4.0.1's
+    shaded Hadoop client); the launcher ``ctlake.hdfs.CtlakeMiniDfs`` is compiled with javac once per
+    source/jar set into ``<cache>/hdfs-launcher/<hash>/``. Everything binds to 127.0.0.1, permissions are
+    off, replication is 1; the file system is formatted on the first start only (no image in
+    ``base/name-0-1``), so data survives a restart. Healthy = the launcher wrote its ready file
+    (cluster up, out of safe mode) and the NameNode port answers.
+    """
+
+    name = "hdfs"
+
+    def ports(self) -> dict[str, int]:
+        h = self.cfg.services.hdfs
+        return {"hdfs.port": h.port, "hdfs.http_port": h.http_port}
+
+    def endpoint(self) -> str:
+        return f"hdfs://{LOOPBACK}:{self.cfg.services.hdfs.port}"
+
+    @staticmethod
+    def _sources() -> list[Path]:
+        return sorted((project_root() / "infra" / "hdfs" / "src").rglob("*.java"))
+
+    def class_dir(self) -> Path:
+        """Compiled launcher for the current sources and jar bundle (the folder name is their hash)."""
+        import hashlib
+
+        digest = hashlib.sha256(ensure_jars("hdfs").name.encode())
+        for src in self._sources():
+            digest.update(src.read_bytes())
+        return cache_dir() / "hdfs-launcher" / digest.hexdigest()[:12]
+
+    def build(self) -> None:
+        import fcntl
+        import tempfile
+
+        jars = ensure_jars("hdfs")
+        target = self.class_dir()
+        if (target / "ctlake-hdfs.jar").exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two builds at once wait for each other
+            if (target / "ctlake-hdfs.jar").exists():
+                return
+            tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+            jdk = java_home() / "bin"
+            javac = subprocess.run([str(jdk / "javac"), "--release", "17", "-nowarn", "-encoding", "UTF-8",
+                                    "-d", str(tmp / "classes"), "-cp", str(jars / "*"),
+                                    *map(str, self._sources())], capture_output=True, text=True, env=java_env())
+            if javac.returncode == 0:
+                javac = subprocess.run([str(jdk / "jar"), "--create", "--file", str(tmp / "ctlake-hdfs.jar"),
+                                        "-C", str(tmp / "classes"), "."], capture_output=True, text=True,
+                                       env=java_env())
+            if javac.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ServiceError(f"hdfs: compiling infra/hdfs/src failed:\n{javac.stdout}{javac.stderr}")
+            shutil.rmtree(tmp / "classes")
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+
+    def _ready_file(self) -> Path:
+        return self.dir / "ready"
+
+    def commands(self) -> list[tuple[str, list[str], dict[str, str]]]:
+        h = self.cfg.services.hdfs
+        cp = f"{self.class_dir() / 'ctlake-hdfs.jar'}{os.pathsep}{ensure_jars('hdfs') / '*'}"
+        argv = [str(java_home() / "bin" / "java"), f"-Xms{min(h.heap_mb, 256)}m", f"-Xmx{h.heap_mb}m",
+                "-XX:+UseG1GC", "-Djava.awt.headless=true", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                "-cp", cp, "ctlake.hdfs.CtlakeMiniDfs", "--base", str(self.dir / "base"),
+                "--port", str(h.port), "--http-port", str(h.http_port), "--ready", str(self._ready_file())]
+        return [("hdfs", argv, java_env())]
+
+    def healthy(self) -> bool:
+        try:
+            pid = int(self._ready_file().read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return pid in self.pids() and port_open(self.cfg.services.hdfs.port)
+
+
 SERVICES: dict[str, type[Service]] = {
     "kafka": KafkaService,
     "mlflow": MlflowService,
     "elasticsearch": ElasticsearchService,
     "spark": SparkStandaloneService,
+    "hdfs": HdfsService,          # optional, not in DEFAULT_SERVICES: `ctlake infra up hdfs`
 }
 DEFAULT_SERVICES = ("kafka", "mlflow", "elasticsearch")
 
