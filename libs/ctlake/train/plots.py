@@ -1,4 +1,4 @@
-"""Figures logged with every model: training curves, ROC curves, confusion matrix (matplotlib, Agg)."""
+"""Figures logged with every model: training curves, ROC curves, confusion matrix (matplotlib, no pyplot)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,19 @@ import numpy as np
 __all__ = ["confusion_png", "roc_png", "training_curves_png"]
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure that is not pyplot's: no backend is switched, so a notebook's inline backend keeps
+    working after training (the file is written by the figure's own Agg canvas)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def training_curves_png(history: Sequence[dict], out: Path, *, title: str = "") -> Path:
     """Loss (train, validation) and validation AUC per epoch."""
-    plt = _plt()
     epochs = [h["epoch"] + 1 for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    fig = _figure(figsize=(9, 3.5), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     if any("val_loss" in h for h in history):
         ax1.plot(epochs, [h.get("val_loss", np.nan) for h in history], "o-", label="validation")
@@ -38,14 +37,13 @@ def training_curves_png(history: Sequence[dict], out: Path, *, title: str = "") 
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
 def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], out: Path, *, title: str = "") -> Path:
     """``curves``: label -> (fpr, tpr, auc); the chance diagonal for reference."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig = _figure(figsize=(4.5, 4.5), dpi=100)
+    ax = fig.subplots()
     for label, (fpr, tpr, auc) in curves.items():
         ax.step(fpr, tpr, where="post", label=f"{label} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey")
@@ -57,16 +55,15 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], out: Path, 
     ax.set_title(title or "ROC, test split")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
 def confusion_png(counts: dict[str, int], out: Path, *, threshold: float, split: str = "test",
                   labels=("negative", "positive")) -> Path:
     """2x2 matrix: rows = truth, columns = prediction at ``threshold``."""
-    plt = _plt()
     m = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
-    fig, ax = plt.subplots(figsize=(4, 3.6), dpi=100)
+    fig = _figure(figsize=(4, 3.6), dpi=100)
+    ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     for i in range(2):
         for j in range(2):
@@ -77,5 +74,4 @@ def confusion_png(counts: dict[str, int], out: Path, *, threshold: float, split:
     ax.set_title(f"{split} split, threshold {threshold:g}")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out
