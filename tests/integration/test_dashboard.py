@@ -447,8 +447,8 @@ def test_elasticsearch_down_or_no_index_is_a_sentence_not_a_traceback(dash_env, 
             body = page.locator("body").inner_text()
             assert "Traceback" not in body and '.py"' not in body and "Exception" not in body, body[:2000]
             page.locator("#tab-models").click()         # every tab says it too, and the page keeps working
-            page.wait_for_function("() => document.querySelector('#dashboard .no-data') && (document.getElementById("
-                                   "'tab-models')?.getAttribute('aria-selected') ?? 'false') !== 'false'",
+            page.wait_for_function("() => document.querySelector('#dashboard .no-data') &&"
+                                   " document.getElementById('tab-models')?.getAttribute('aria-selected') !== 'false'",
                                    timeout=WAIT_MS)
             assert words in page.locator("#status").inner_text()
         page.close()
