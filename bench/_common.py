@@ -23,3 +23,13 @@ def machine() -> dict:
 def versions(*packages: str) -> dict:
     """Installed versions of ``packages`` (distribution names)."""
     return {p: md.version(p) for p in packages}
+
+
+def write_result(out: str | Path, result: dict) -> None:
+    """Write ``result`` as indented JSON to ``out`` (folders created) and print it."""
+    import json
+
+    text = json.dumps(result, indent=2)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text + "\n")
+    print(text)

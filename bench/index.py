@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import machine, versions  # bench/ is on sys.path
+from _common import machine, versions, write_result  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             es.indices.delete_index_template(name=t["name"])
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

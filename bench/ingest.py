@@ -36,7 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import machine, versions  # bench/ is on sys.path
+from _common import machine, versions, write_result  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -306,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {**machine(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        write_result(args.out, result)
     finally:
         if started_kafka:
             kafka.stop()

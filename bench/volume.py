@@ -24,13 +24,12 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import machine, versions  # noqa: E402  (bench/ is on sys.path)
+from _common import machine, versions, write_result  # noqa: E402  (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions("numpy", "scipy", "SimpleITK"),
         "machine": machine(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 
