@@ -155,7 +155,8 @@ def test_two_writers_that_raced_settle_to_one_row_per_instance(cfg, spark, tmp_p
     import dataclasses
 
     from ctlake.config import LakeConfig
-    from ctlake.ingest import bronze, commit
+    from ctlake.ingest import bronze
+    from ctlake.lake import commit
     from ctlake.lake.schemas import DICOM_INSTANCES
 
     icfg = dataclasses.replace(cfg, lake=LakeConfig(root=str(tmp_path / "lake")))

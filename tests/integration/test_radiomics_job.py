@@ -250,3 +250,45 @@ def test_missing_inputs_are_clear_errors_and_a_failed_run_is_recorded(spark, cfg
     with pytest.raises(CtlakeError) as err:
         features_long(spark, icfg)
     assert err.value.code == "NO_FEATURES"
+
+
+def test_two_runs_that_race_on_the_same_new_rois_leave_one_row_per_roi(spark, cfg, lake_tmp, monkeypatch):
+    """Both runs read the table before either wrote (a barrier holds them there), so both extract
+    every ROI and both append: the later one sees the other commit and settles, and the survivors
+    are the same whoever settles (ok before failed, then the smaller run id)."""
+    import threading
+
+    from ctlake.lake import delta
+    from ctlake.process import radiomics
+    from ctlake.process.radiomics import FEATURES, extract_radiomics
+
+    icfg = dataclasses.replace(cfg, lake=LakeConfig(root=str(lake_tmp / "lake")))
+    _write_inputs(spark, icfg)
+    barrier = threading.Barrier(2, timeout=300)
+    original = radiomics._extract_and_write
+
+    def held(*args, **kwargs):
+        barrier.wait()          # both runs have pinned the features table's version and done-set
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(radiomics, "_extract_and_write", held)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(extract_radiomics(spark, icfg))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not errors and len(results) == 2
+    assert [r["rois"] for r in results] == [6, 6]          # both extracted everything: they raced
+    rows = delta.read(spark, icfg, FEATURES).collect()
+    assert len(rows) == 6 and len({r.roi_id for r in rows}) == 6
+    assert {r.run_id for r in rows} == {min(r["run_id"] for r in results)}
+    ops = [h.operation for h in spark.sql(f"DESCRIBE HISTORY delta.`{icfg.table_path(FEATURES)}`").collect()]
+    assert ops.count("WRITE") == 2 and "MERGE" in ops      # two blind appends, then the settle's delete

@@ -158,8 +158,8 @@ def test_batch_decision_keeps_one_copy_per_instance_and_quarantines_other_bytes(
 
 
 def test_rows_that_raced_are_ranked_the_same_by_every_writer():
-    from ctlake.ingest import commit
     from ctlake.ingest.bronze import BRONZE_SPEC
+    from ctlake.lake import commit
 
     rows = [_key("u1", "b", offset=7, run="run-b"), _key("u1", "a", offset=7, run="run-a"),
             _key("u2", "c", offset=1, run="run-a")]

@@ -2,7 +2,7 @@
 
 The decision per record is :func:`ctlake.ingest.parse.process_record` (pure); here it runs inside
 ``mapInArrow``. A batch's new instances are appended to bronze and everything else goes to
-quarantine, both through :mod:`ctlake.ingest.commit` (keys decided on the driver against a narrow
+quarantine, both through :mod:`ctlake.lake.commit` (keys decided on the driver against a narrow
 read of the table, blind append, concurrent writers settled afterwards), so a replayed
 micro-batch, a restarted driver or an overlapping folder adds nothing twice. Each micro-batch or
 batch run appends one ``ops.pipeline_runs`` row, keyed so that a replay rewrites the same row.
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ctlake.config import Config
-from ctlake.ingest import commit
+from ctlake.lake import commit
 from ctlake.lake.runs import record_run, utcnow
 from ctlake.lake.schemas import DICOM_INSTANCES, QUARANTINE, union_schema
 
@@ -220,7 +220,7 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame, *, r
 
     The decision is taken on a narrow projection collected to the driver (a few thousand keys at
     most per batch) against a narrow read of the tables' keys, so the DICOM bytes are read once
-    (stream: from Kafka, ``raw``) and never shuffled; see :mod:`ctlake.ingest.commit` for why this
+    (stream: from Kafka, ``raw``) and never shuffled; see :mod:`ctlake.lake.commit` for why this
     is exactly-once with concurrent writers too. An instance whose UID is taken by other bytes (in
     this batch or in the table) goes to quarantine with code DUPLICATE_SOP_INSTANCE and its bytes
     (it passed the gate), never silently away.

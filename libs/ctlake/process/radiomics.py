@@ -18,7 +18,11 @@ How the work is laid out:
 - Any problem with one ROI (an empty or corrupt mask, a missing volume, a crop outside the volume,
   an engine error) gives that ROI a row with status ``failed``, an ``error_code`` and the detail; the
   other ROIs go on. Settings the engine does not implement stop the job before any work (strict).
-- One MERGE into the table, then one ``ops.pipeline_runs`` row (also when the job fails).
+- One write, then one ``ops.pipeline_runs`` row (also when the job fails). The write is a MERGE on
+  the key when rows are replaced; when every ROI is new (the usual incremental run) it is a blind
+  append and, only if another commit landed meanwhile, a settle of the keys that two runs added at
+  once (:mod:`ctlake.lake.commit`): a MERGE costs about ten small Spark jobs, seconds of fixed time
+  per run that do not shrink with more executors.
 
 The parameter set is a PyRadiomics YAML read as it is (:func:`ctlake.radiomics.load_params`);
 ``params_hash`` is the sha256 of its canonical JSON (:func:`canonical_params`).
@@ -37,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ctlake import __version__
 from ctlake.config import Config
 from ctlake.errors import CtlakeError
-from ctlake.lake import delta
+from ctlake.lake import commit, delta
 from ctlake.lake.runs import record_run, utcnow
 from ctlake.lake.schemas import CT_VOLUMES, RADIOMICS_FEATURES, rows_frame
 
@@ -57,6 +61,11 @@ LONG_VIEW = "radiomics_features_long"
 ENGINE = f"ctlake.radiomics {__version__}"
 MAX_PARTITIONS = 4096
 _ISIN_LIMIT = 5000          # above this many series, read the slabs without the series filter
+# Two runs that extract the same new ROIs at once both append them; the survivor of a key is then
+# the ok row before a failed one, then the smaller run id (every run that looks picks the same).
+FEATURES_SPEC = commit.Spec(FEATURES, "roi_id", ident=("roi_id", "params_hash", "run_id"),
+                            columns=("roi_id", "params_hash", "run_id", "status"),
+                            rank=lambda r: (r.status != "ok", r.run_id))
 _SHIFT_CODES = ("N8CA", "5ZWQ")   # energy, RMS: IBSI only with voxelArrayShift 0
 
 
@@ -342,26 +351,45 @@ def _run(spark: SparkSession, cfg: Config, ps: ParamSet, *, run_id: str, retry_f
         raise CtlakeError(f"{NODULES} does not exist at {cfg.table_path(NODULES)}", code="NO_NODULES",
                           hint="build it first (ctlake process nodules)")
     volumes_version = delta.version(spark, cfg.table_path(VOLUMES))
+    # seen before the read of the done ROIs: a commit after it may be another run's (see the write)
+    features_version = delta.version(spark, cfg.table_path(FEATURES))
     rois = delta.read(spark, cfg, NODULES, as_of=nodules_version).filter(F.col("status") == "ok")
-    if delta.exists(spark, cfg.table_path(FEATURES)):
+    if features_version >= 0:
         # left join, not anti: the ROIs that already have a row (another nodule run, or failed with
-        # retry_failed) replace it, and when there are none the write is a cheaper insert-only MERGE
+        # retry_failed) replace it, and when there are none the write is a cheaper append
         done = delta.read(spark, cfg, FEATURES).filter(F.col("params_hash") == ps.params_hash) \
             .select(F.col("roi_id"), F.col("nodule_run_id"), F.col("status").alias("done_status"))
         rois = rois.join(done, rois["nodule_id"] == done["roi_id"], "left")
         current = F.col("run_id").eqNullSafe(F.col("nodule_run_id"))
         if retry_failed:
             current = current & (F.col("done_status") == "ok")
+        # one row per ROI even where a key is there twice (two runs raced and one died before it
+        # settled): the join would otherwise extract that ROI twice
         rois = rois.filter(F.col("roi_id").isNull() | ~current) \
-            .withColumn("_replaces", F.col("roi_id").isNotNull())
+            .withColumn("_replaces", F.col("roi_id").isNotNull()).dropDuplicates(["nodule_id"])
     else:
         rois = rois.withColumn("_replaces", F.lit(False))
+    # kept: the plan and the extraction read the same ROI rows (one scan and join, not two)
+    rois = rois.select(*_NODULE_COLS, "_replaces").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _extract_and_write(spark, cfg, ps, rois, run_id=run_id, t0=t0, partitions=partitions,
+                                  versions=(nodules_version, volumes_version, features_version))
+    finally:
+        rois.unpersist()
+
+
+def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: DataFrame, *, run_id: str,
+                       t0: float, partitions: int, versions: tuple[int, int, int]) -> dict:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    nodules_version, volumes_version, features_version = versions
     # the plan: one small row per ROI (series, crop z range, size) on the driver
     pad = cfg.radiomics.pad_voxels
     oz, sz = F.col("mask_origin_zyx")[0], F.col("mask_shape_zyx")[0]
     box = F.aggregate(F.coalesce(F.col("mask_shape_zyx"), F.array(F.lit(0))), F.lit(1).cast("long"),
                       lambda acc, v: acc * v)
-    plan = rois.select("series_instance_uid", "_replaces", F.greatest(oz - pad, F.lit(0)).alias("z0"),
+    plan = rois.select("nodule_id", "series_instance_uid", "_replaces", F.greatest(oz - pad, F.lit(0)).alias("z0"),
                        (oz + sz + pad).alias("z1"), box.alias("box")).collect()
     rois = rois.select(_NODULE_COLS)
     per_series: dict[str, int] = {}
@@ -411,13 +439,17 @@ def _run(spark: SparkSession, cfg: Config, ps: ParamSet, *, run_id: str, retry_f
     try:
         counts = {r.status: r["count"] for r in out.groupBy("status").count().collect()}
         t_extract = time.monotonic()
-        result = delta.write(spark, cfg, out, FEATURES, mode="merge" if replaces else "insert_new", count=False,
-                             deterministic_source=True)
+        if replaces:    # rows to replace: an upsert
+            written = delta.write(spark, cfg, out, FEATURES, mode="merge", count=False,
+                                  deterministic_source=True).version
+        else:           # only new keys: a blind append, a race with another run settled after it
+            written, _ = commit.append_new(spark, cfg, out, FEATURES_SPEC, read_version=features_version,
+                                           keys=[r.nodule_id for r in plan], where=f"params_hash = '{ps.params_hash}'")
         t_write = time.monotonic()
     finally:
         out.unpersist()
     return {**base, "ok": counts.get("ok", 0), "failed": counts.get("failed", 0), "partitions": n_parts,
-            "slabs_read": slabs_read.value, FEATURES: result.version,
+            "slabs_read": slabs_read.value, FEATURES: written,
             "extract_s": round(t_extract - t0, 2), "write_s": round(t_write - t_extract, 2),
             "seconds": round(time.monotonic() - t0, 1)}
 

@@ -51,10 +51,13 @@ class Spec:
     rank: Callable[[Any], tuple]
 
 
-def present(spark: SparkSession, cfg: Config, spec: Spec, keys: Iterable[str]) -> tuple[int, list[Row]]:
+def present(spark: SparkSession, cfg: Config, spec: Spec, keys: Iterable[str], *,
+            where: str | None = None) -> tuple[int, list[Row]]:
     """(``v``, rows of ``spec.columns`` whose key is in ``keys``): ``v`` is the version seen before
     the read (-1: no table yet); the read itself sees ``v`` or later, which only makes
-    :func:`raced` more careful (a time-travel read pinned at ``v`` costs a log replay more)."""
+    :func:`raced` more careful (a time-travel read pinned at ``v`` costs a log replay more).
+    ``where``: a SQL condition that scopes the key (e.g. ``params_hash = '…'`` where the table's
+    key is (roi_id, params_hash)): only rows that meet it count."""
     from pyspark.sql import functions as F
 
     path = cfg.table_path(spec.table)
@@ -62,7 +65,10 @@ def present(spark: SparkSession, cfg: Config, spec: Spec, keys: Iterable[str]) -
     keys = sorted(set(keys))
     if version < 0 or not keys:
         return version, []
-    rows = spark.read.format("delta").load(path).select(*spec.columns).filter(F.col(spec.key).isin(keys)).collect()
+    table = spark.read.format("delta").load(path)
+    if where:
+        table = table.filter(where)
+    rows = table.select(*spec.columns).filter(F.col(spec.key).isin(keys)).collect()
     return version, rows
 
 
@@ -83,19 +89,20 @@ def doubled(rows: Iterable[Row], spec: Spec) -> dict[str, list[Row]]:
 
 def settle(spark: SparkSession, cfg: Config, spec: Spec, keys: Iterable[str], *,
            before_delete: Callable[[list[Row], dict[str, Row]], None] | None = None,
-           retries: int = 8) -> int:
+           retries: int = 8, where: str | None = None) -> int:
     """Where a key of ``keys`` is in the table more than once, delete all but the first by rank.
 
     ``before_delete(losers, survivor_by_key)`` runs first (e.g. to quarantine losers that carry
     other bytes), so a writer killed in between loses nothing. Idempotent; returns how many rows
-    were deleted.
+    were deleted. ``where``: as for :func:`present` (``spec.ident`` must then include the scope's
+    columns, so that the delete touches no row outside it).
     """
     from delta.tables import DeltaTable
 
     keys = sorted(set(keys))
     if not keys:
         return 0
-    _, rows = present(spark, cfg, spec, keys)
+    _, rows = present(spark, cfg, spec, keys, where=where)
     groups = doubled(rows, spec)
     if not groups:
         return 0
@@ -127,13 +134,14 @@ def settle(spark: SparkSession, cfg: Config, spec: Spec, keys: Iterable[str], *,
 def append_new(spark: SparkSession, cfg: Config, df: DataFrame, spec: Spec, *, read_version: int,
                txn: tuple[str, int] | None = None, options: dict[str, str] | None = None,
                before_delete: Callable[[list[Row], dict[str, Row]], None] | None = None,
-               keys: Iterable[str] = ()) -> tuple[int, int]:
-    """Append ``df`` (rows whose ``keys`` were absent at ``read_version``), then settle a race.
+               keys: Iterable[str] = (), where: str | None = None) -> tuple[int, int]:
+    """Append ``df`` (rows whose ``keys`` were absent at ``read_version``), then settle a race
+    (``where``: the key's scope, see :func:`present`).
 
     Returns (version after the append, rows deleted by the settle).
     """
     result = delta.write(spark, cfg, df, spec.table, mode="append", count=False, txn=txn, options=options)
     removed = 0
     if raced(spark, cfg, spec, read_version):
-        removed = settle(spark, cfg, spec, keys, before_delete=before_delete)
+        removed = settle(spark, cfg, spec, keys, before_delete=before_delete, where=where)
     return result.version, removed
