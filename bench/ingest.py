@@ -17,6 +17,9 @@ messages of the topic, copied to their own topics) because each run and micro-ba
 costs; the largest size is the headline. The peer runs before and after ours, the load average is
 recorded at each step (the machine is shared), and the CPU seconds of our whole process tree (JVM
 and Python workers) are reported as a load-independent figure beside the wall-clock rates.
+Beside them, ``spark_floor_per_s``: Spark alone reading the same topic and writing the bytes to
+parquet (no parsing, no checks, no Delta): the most any Spark consumer can reach here, and so
+``spark_floor_ratio`` bounds the ratio this design can reach on this machine.
 Not a test: nothing passes or fails on these numbers.
 """
 
@@ -179,6 +182,32 @@ def copy_head(spark, cfg, src: str, dst: str, n: int) -> int:
     return sum(take.values())
 
 
+def spark_floor(spark, cfg, topic: str, work: Path, cpu: TreeCpu) -> dict:
+    """Spark alone on the same messages: a batch read of the whole topic written to parquet (the
+    bytes and the source columns, zstd level 1 as bronze) — no parsing, no de-id gate, no Delta
+    commits or key checks. No Spark consumer of this topic can beat it on this machine: it bounds
+    ``kafka_to_bronze_per_s`` from above."""
+    from ctlake.infra.kafka_admin import spark_options
+
+    reader = spark.read.format("kafka").option("subscribe", topic).option("startingOffsets", "earliest") \
+        .option("minPartitions", str(max(2, spark.sparkContext.defaultParallelism)))
+    for k, v in spark_options(cfg).items():
+        reader = reader.option(k, v)
+    out = work / f"floor-{uuid.uuid4().hex[:6]}"
+    cpu0, t0 = cpu.total(), time.perf_counter()
+    spark.conf.set("parquet.compression.codec.zstd.level", "1")
+    try:
+        reader.load().select("value", "topic", "partition", "offset").write.option("compression", "zstd") \
+            .parquet(str(out))
+    finally:
+        spark.conf.unset("parquet.compression.codec.zstd.level")
+    seconds, cpu_s = time.perf_counter() - t0, cpu.total() - cpu0
+    n = spark.read.parquet(str(out)).count()
+    shutil.rmtree(out, ignore_errors=True)
+    return {"instances": n, "seconds": round(seconds, 2), "per_s": round(n / seconds, 1),
+            "cpu_ms_per_instance": round(1000 * cpu_s / max(n, 1), 2)}
+
+
 def stream_once(spark, cfg, topic: str, work: Path, cpu: TreeCpu) -> dict:
     """One timed ``bronze.stream`` of ``topic`` into a fresh lake: seconds, CPU, micro-batches."""
     from ctlake.config import LakeConfig
@@ -280,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             full.append(stream_once(spark, cfg, topic, work, cpu))
             assert full[-1]["instances"] == len(blobs), f"bronze has {full[-1]['instances']} rows, sent {len(blobs)}"
             say(f"ours, all {len(blobs)}: {full[-1]['per_s']} instances/s ({full[-1]['seconds']} s)")
+        floor = [spark_floor(spark, cfg, topic, work, cpu) for _ in range(2)]
+        say(f"Spark alone, Kafka → parquet: {floor[-1]['per_s']} instances/s")
         peer.append(peer_parse(blobs))
         say(f"peer again: {peer[-1][0]:.0f} instances/s")
         spark.stop()
@@ -293,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             "instances": len(blobs), "mb": round(mb, 1), "raw_parse_per_s": round(raw, 1),
             "kafka_to_bronze_per_s": round(ours, 1), "ratio": round(ours / raw, 3),
             "raw_parse_runs_per_s": [round(p[0], 1) for p in peer],
+            # the ceiling: Spark reading the topic and writing its bytes to parquet, nothing else
+            "spark_floor_per_s": max(f["per_s"] for f in floor),
+            "spark_floor_ratio": round(max(f["per_s"] for f in floor) / raw, 3),
+            "spark_floor_runs": floor,
             "kafka_to_bronze_runs": full, "by_size": by_size,
             "cpu": {"ours_ms_per_instance": ours_cpu_ms, "peer_ms_per_instance": round(peer_cpu_ms, 3),
                     "note": f"CPU time of our whole process tree vs the peer's; with all {cores} cores to ourselves "

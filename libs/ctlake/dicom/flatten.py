@@ -283,8 +283,16 @@ def _element_json(elem: DataElement, threshold: int, problems: list[str], where:
     out = elem.to_json_dict(None, threshold)
     if "Value" in out:
         out["Value"] = _finite(list(out["Value"]), problems, where)
-    json.dumps(out, allow_nan=False)  # fail here (→ fallback), not in the caller
+        if not all(type(v) in _PLAIN or (type(v) is dict and all(type(x) in _PLAIN for x in v.values()))
+                   for v in out["Value"]):
+            json.dumps(out, allow_nan=False)  # fail here (→ fallback), not in the caller
+    elif "InlineBinary" not in out and "BulkDataURI" not in out and len(out) > 1:
+        json.dumps(out, allow_nan=False)
     return out
+
+
+# value types that always serialise (floats are finite after _finite): no json.dumps to prove it
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _dataset_json(ds: Dataset, threshold: int, problems: list[str], prefix: str, depth: int) -> dict[str, Any]:

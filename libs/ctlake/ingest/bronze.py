@@ -250,7 +250,11 @@ def _write_outcomes(spark: SparkSession, cfg: Config, processed: DataFrame, *, r
         versions: dict[str, int] = {}
         candidates = processed.filter(F.col("target") == BRONZE)
         if winners:
-            chosen = _with_bytes(_pick(candidates, list(winners), _BRONZE_IDENT, _BRONZE_IDENT_DDL), raw)
+            # the usual batch: every candidate wins (no copy in the batch or the table), so there is
+            # nothing to pick (the semi-join ships every winner's identity to the JVM and back)
+            chosen = candidates if len(winners) == len(keys) else \
+                _pick(candidates, list(winners), _BRONZE_IDENT, _BRONZE_IDENT_DDL)
+            chosen = _with_bytes(chosen, raw)
             with _bytes_codec(spark):
                 versions[BRONZE], _ = commit.append_new(
                     spark, cfg, chosen, BRONZE_SPEC, read_version=read_version, txn=txn,
@@ -313,7 +317,9 @@ def _append_quarantine(spark: SparkSession, cfg: Config, frame: DataFrame, q_key
     new = [k for qid, k in first.items() if qid not in present]
     if not new:
         return None
-    version, _ = commit.append_new(spark, cfg, _pick(frame, new, _Q_IDENT, _Q_IDENT_DDL), QUARANTINE_SPEC,
+    if len(new) < len(q_keys):   # some ids are there already, or twice in this batch
+        frame = _pick(frame, new, _Q_IDENT, _Q_IDENT_DDL)
+    version, _ = commit.append_new(spark, cfg, frame, QUARANTINE_SPEC,
                                    read_version=read_version, txn=txn, keys=[k[0] for k in new])
     return version
 

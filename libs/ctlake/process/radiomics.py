@@ -401,7 +401,7 @@ def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: Dat
             "series": len(per_series), "rois": len(plan), "replaced": replaces}
     if not plan:
         return {**base, "ok": 0, "failed": 0, "partitions": 0, "slabs_read": 0,
-                "extract_s": 0.0, "write_s": 0.0, "seconds": round(time.monotonic() - t0, 1)}
+                "extract_s": 0.0, "tasks_s": 0.0, "write_s": 0.0, "seconds": round(time.monotonic() - t0, 1)}
     n_parts = min(len(per_series), partitions or 2 * spark.sparkContext.defaultParallelism, MAX_PARTITIONS)
     placement = _placement(plan, n_parts)
     if volumes_version >= 0:
@@ -437,6 +437,7 @@ def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: Dat
     out = work.groupBy("_part", "series_instance_uid").applyInPandas(per_series_udf, RADIOMICS_FEATURES)
     out = out.persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        t_tasks = time.monotonic()
         counts = {r.status: r["count"] for r in out.groupBy("status").count().collect()}
         t_extract = time.monotonic()
         if replaces:    # rows to replace: an upsert
@@ -450,7 +451,8 @@ def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: Dat
         out.unpersist()
     return {**base, "ok": counts.get("ok", 0), "failed": counts.get("failed", 0), "partitions": n_parts,
             "slabs_read": slabs_read.value, FEATURES: written,
-            "extract_s": round(t_extract - t0, 2), "write_s": round(t_write - t_extract, 2),
+            "extract_s": round(t_extract - t0, 2), "tasks_s": round(t_extract - t_tasks, 2),
+            "write_s": round(t_write - t_extract, 2),
             "seconds": round(time.monotonic() - t0, 1)}
 
 
