@@ -40,7 +40,7 @@ tables, the plan, the append and the run record — about 30 small Spark jobs dr
 by the driver, the same with 1 or 2 executors). ``tasks_2v1`` is the stage's own scale-out;
 ``rois_for_goal`` projects from the measured parts how many ROIs one run needs before the whole
 run reaches the goal. ``--series 96 --lake <other> --label cohort`` measures a larger input beside
-the headline (written as ``scaleout_cohort``).
+the headline (written as ``scaleout_cohort``); bench/README.md lists the sizes measured so far.
 """
 
 from __future__ import annotations
