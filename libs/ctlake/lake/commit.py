@@ -1,7 +1,8 @@
 """Append only the rows whose key is not in a Delta table yet, safe against concurrent writers.
 
-An insert-only MERGE does this too, but it joins its whole source with the target (a sort-merge
-anti-join that shuffles every DICOM byte of the batch): most of an ingest's time. Here instead:
+An insert-only MERGE does this too, but it joins its whole source with the target (for bronze, a
+sort-merge anti-join that shuffles every DICOM byte of the batch: most of an ingest's time). Used by
+the ingest (bronze, quarantine) and the radiomics job. Here instead:
 
 1. the keys of a batch are decided on the driver against a narrow read of the target's key
    columns at a pinned version ``v`` (:func:`present`);

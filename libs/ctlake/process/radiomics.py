@@ -21,8 +21,8 @@ How the work is laid out:
 - One write, then one ``ops.pipeline_runs`` row (also when the job fails). The write is a MERGE on
   the key when rows are replaced; when every ROI is new (the usual incremental run) it is a blind
   append and, only if another commit landed meanwhile, a settle of the keys that two runs added at
-  once (:mod:`ctlake.lake.commit`): a MERGE costs about ten small Spark jobs, seconds of fixed time
-  per run that do not shrink with more executors.
+  once (:mod:`ctlake.lake.commit`), which takes fewer small Spark jobs than a MERGE (each run's
+  fixed part, 8-12 s here, does not shrink with more executors: see bench/README.md).
 
 The parameter set is a PyRadiomics YAML read as it is (:func:`ctlake.radiomics.load_params`);
 ``params_hash`` is the sha256 of its canonical JSON (:func:`canonical_params`).
