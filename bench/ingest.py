@@ -189,6 +189,7 @@ def spark_floor(spark, cfg, topic: str, work: Path, cpu: TreeCpu) -> dict:
     commits or key checks. No Spark consumer of this topic can beat it on this machine: it bounds
     ``kafka_to_bronze_per_s`` from above."""
     from ctlake.infra.kafka_admin import spark_options
+    from ctlake.ingest.bronze import _bytes_codec
 
     reader = spark.read.format("kafka").option("subscribe", topic).option("startingOffsets", "earliest") \
         .option("minPartitions", str(max(2, spark.sparkContext.defaultParallelism)))
@@ -196,12 +197,9 @@ def spark_floor(spark, cfg, topic: str, work: Path, cpu: TreeCpu) -> dict:
         reader = reader.option(k, v)
     out = work / f"floor-{uuid.uuid4().hex[:6]}"
     cpu0, t0 = cpu.total(), time.perf_counter()
-    spark.conf.set("parquet.compression.codec.zstd.level", "1")
-    try:
+    with _bytes_codec(spark):    # the zstd level bronze writes its bytes with
         reader.load().select("value", "topic", "partition", "offset").write.option("compression", "zstd") \
             .parquet(str(out))
-    finally:
-        spark.conf.unset("parquet.compression.codec.zstd.level")
     seconds, cpu_s = time.perf_counter() - t0, cpu.total() - cpu0
     n = spark.read.parquet(str(out)).count()
     shutil.rmtree(out, ignore_errors=True)

@@ -865,18 +865,18 @@ def _check_item(
         tag = int(elem.tag)
         # the element's path and label are only spelled out where they are needed (a reason, a
         # sequence): this loop runs for every element of every instance at ingest
-        if tag >> 16 & 1:    # an odd group: private
-            reasons.append(f"PRIVATE_TAG: {_label(path, tag)[1]}")
+        if elem.tag.is_private:
+            reasons.append(f"PRIVATE_TAG: {_label(path, elem.tag)[1]}")
             continue
         if phi:
             for text in _strings(elem):
                 for index, pattern in enumerate(phi):
                     if pattern.search(text):
-                        reasons.append(f"KNOWN_PHI: value #{index} found in {_label(path, tag)[1]}")
-        row = _row_for(tag) if tag >> 16 != 0x0002 else None
+                        reasons.append(f"KNOWN_PHI: value #{index} found in {_label(path, elem.tag)[1]}")
+        row = _row_for(tag) if elem.tag.group != 0x0002 else None
         if row is None:
             if elem.VR == "SQ":
-                where = _label(path, tag)[0]
+                where = _label(path, elem.tag)[0]
                 for i, sub in enumerate(elem.value or []):
                     _check_item(sub, f"{where}[{i}]", modified=modified, uid_root=uid_root, phi=phi, reasons=reasons)
             continue
@@ -885,27 +885,27 @@ def _check_item(
         action = _basic_action(row.basic, elem.VR)
         if elem.VR == "SQ":
             if action in ("X", "Z") and elem.value:
-                reasons.append(f"NOT_CLEANED: {_label(path, tag)[1]} (action {row.basic}) has items")
+                reasons.append(f"NOT_CLEANED: {_label(path, elem.tag)[1]} (action {row.basic}) has items")
             elif action in ("D", "U*"):
-                where = _label(path, tag)[0]
+                where = _label(path, elem.tag)[0]
                 for i, sub in enumerate(elem.value or []):
                     _check_item(sub, f"{where}[{i}]", modified=modified, uid_root=uid_root, phi=phi, reasons=reasons)
             continue
         if action == "U" and elem.VR == "UI":
             if uid_root and any(not str(v).startswith(uid_root) for v in _values(elem)):
-                reasons.append(f"UID_NOT_REMAPPED: {_label(path, tag)[1]}")
+                reasons.append(f"UID_NOT_REMAPPED: {_label(path, elem.tag)[1]}")
             continue
         if action == "X" and _values(elem):
-            reasons.append(f"NOT_CLEANED: {_label(path, tag)[1]} (action {row.basic}) is present")
+            reasons.append(f"NOT_CLEANED: {_label(path, elem.tag)[1]} (action {row.basic}) is present")
         elif action in ("Z", "D") and not _is_dummy(elem):
-            reasons.append(f"NOT_CLEANED: {_label(path, tag)[1]} (action {row.basic}) has a real value")
+            reasons.append(f"NOT_CLEANED: {_label(path, elem.tag)[1]} (action {row.basic}) has a real value")
 
 
-def _label(path: str, tag: int) -> tuple[str, str]:
+def _label(path: str, tag: BaseTag) -> tuple[str, str]:
     """(path of an element as ``Seq[0].Keyword``, that path with the tag) for reasons."""
-    keyword = "" if tag >> 16 & 1 else (keyword_for_tag(tag) or "")
-    where = f"{path}{'.' if path else ''}{keyword or _tag_str(tag)}"
-    return where, (f"{where} {_tag_str(tag)}" if keyword else where)
+    keyword = _keyword(tag)
+    where = f"{path}{'.' if path else ''}{keyword or _tag_str(int(tag))}"
+    return where, (f"{where} {_tag_str(int(tag))}" if keyword else where)
 
 
 def check_deidentified(ds: Dataset, *, known_phi: Iterable[str] = (), uid_root: str | None = "2.25.") -> list[str]:

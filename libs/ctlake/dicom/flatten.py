@@ -286,8 +286,6 @@ def _element_json(elem: DataElement, threshold: int, problems: list[str], where:
         if not all(type(v) in _PLAIN or (type(v) is dict and all(type(x) in _PLAIN for x in v.values()))
                    for v in out["Value"]):
             json.dumps(out, allow_nan=False)  # fail here (→ fallback), not in the caller
-    elif "InlineBinary" not in out and "BulkDataURI" not in out and len(out) > 1:
-        json.dumps(out, allow_nan=False)
     return out
 
 
