@@ -15,7 +15,10 @@ from ctlake.infra.jars import jar_files
 from ctlake.infra.java import java_home
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from collections.abc import Sequence
+
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 
 def spark_conf(cfg: Config, *, app_name: str | None = None) -> dict[str, str]:
@@ -98,3 +101,21 @@ def get_spark(cfg: Config | None = None, *, app_name: str | None = None,
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def local_frame(spark: SparkSession, rows: Sequence[tuple], schema: str | StructType) -> DataFrame:
+    """A DataFrame of a few driver-side rows (a plan, a lookup table) as a local relation.
+
+    ``createDataFrame`` of a Python list makes a parallelised Python RDD: every query over it (a
+    broadcast of it too) runs a job whose tasks start Python workers to unpickle the rows (0.5-1 s
+    on a small cluster). Through pandas and Arrow the rows travel once, in the plan itself
+    (Spark keeps Arrow data under ``spark.sql.execution.arrow.localRelationThreshold`` on the
+    driver), so a broadcast of it is a JVM-only job. ``schema``: a DDL string or a StructType.
+    """
+    import pandas as pd
+    from pyspark.sql.types import StructType, _parse_datatype_string
+
+    struct = schema if isinstance(schema, StructType) else _parse_datatype_string(schema)
+    names = struct.fieldNames()
+    frame = pd.DataFrame({n: pd.Series([r[i] for r in rows], dtype=object) for i, n in enumerate(names)})
+    return spark.createDataFrame(frame, struct)

@@ -61,3 +61,22 @@ def test_writer_enforces_declared_schema(spark, cfg, lake_tmp):
         delta.write(spark, cfg, df, "ops.pipeline_runs")
     with pytest.raises(KeyError, match="declared tables"):
         delta.write(spark, cfg, df, "ops.no_such_table")
+
+
+def test_local_frame_holds_the_same_rows_as_create_dataframe_in_a_local_relation(spark):
+    """The driver-side lookup frames (the radiomics plan, the run record) go through Arrow into a
+    local relation; every column type they use must come out as createDataFrame gives it."""
+    from ctlake.lake.schemas import PIPELINE_RUNS
+    from ctlake.spark import local_frame
+
+    when = dt.datetime(2026, 3, 4, 5, 6, 7, 890123)
+    runs = [("r1", "job", "succeeded", when, when, 0.5, 2**40, -1, {}, {"gold.a": 3}, '{"k": 1}', None, "test"),
+            ("r2", "job", "failed", when, None, None, 0, 0, {"silver.b": 1}, None, "{}", "boom", "test")]
+    got = local_frame(spark, runs, PIPELINE_RUNS)
+    assert got._jdf.queryExecution().analyzed().getClass().getSimpleName() == "LocalRelation"
+    assert got.schema == PIPELINE_RUNS
+    assert got.collect() == spark.createDataFrame(runs, PIPELINE_RUNS).collect()
+    keys = local_frame(spark, [("1.2.3", 7), ("1.2.4", -(2**62))], "series_instance_uid string, _part bigint")
+    assert [tuple(r) for r in keys.collect()] == [("1.2.3", 7), ("1.2.4", -(2**62))]
+    empty = local_frame(spark, [], "nodule_id string, _part bigint")
+    assert empty.collect() == [] and empty.schema.fieldNames() == ["nodule_id", "_part"]

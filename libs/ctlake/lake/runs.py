@@ -27,5 +27,8 @@ def record_run(spark: SparkSession, cfg: Config, *, run_id: str, job: str, start
     ended = utcnow()
     row = [(run_id, job, status, started, ended, (ended - started).total_seconds(), rows_in, rows_out,
             {}, output_versions, json.dumps(params, default=str), error, cfg.profile)]
-    delta.write(spark, cfg, spark.createDataFrame(row, PIPELINE_RUNS), "ops.pipeline_runs", mode="append",
+    from ctlake.spark import local_frame
+
+    # a local relation: the append is one task and starts no Python worker
+    delta.write(spark, cfg, local_frame(spark, row, PIPELINE_RUNS), "ops.pipeline_runs", mode="append",
                 count=False, txn=txn)

@@ -9,6 +9,8 @@ How the work is laid out:
   rebuilt by a later run is extracted again and its row replaced (MERGE on the key).
 - Only the ``silver.ct_volumes`` slabs that a ROI's crop (mask box + ``radiomics.pad_voxels``)
   overlaps are read (a broadcast semi-join on the z ranges), never whole volumes.
+- The plan (one narrow row per ROI to do: series, crop z range, box size) is read to the driver
+  first; the ROI rows themselves are then picked by a broadcast of the plan's ids.
 - ROIs and their slabs travel together, grouped per series (each needed slab is shipped and decoded
   once per series), in one shuffle into ``radiomics.partitions`` tasks; whole series are assigned to
   tasks by a cost-balanced plan made on the driver (:func:`balance`: ROI box voxels plus a share per
@@ -18,11 +20,13 @@ How the work is laid out:
 - Any problem with one ROI (an empty or corrupt mask, a missing volume, a crop outside the volume,
   an engine error) gives that ROI a row with status ``failed``, an ``error_code`` and the detail; the
   other ROIs go on. Settings the engine does not implement stop the job before any work (strict).
-- One write, then one ``ops.pipeline_runs`` row (also when the job fails). The write is a MERGE on
-  the key when rows are replaced; when every ROI is new (the usual incremental run) it is a blind
-  append and, only if another commit landed meanwhile, a settle of the keys that two runs added at
-  once (:mod:`ctlake.lake.commit`), which takes fewer small Spark jobs than a MERGE (each run's
-  fixed part, 8-12 s here, does not shrink with more executors: see bench/README.md).
+- One write, then one ``ops.pipeline_runs`` row (also when the job fails). When every ROI is new
+  (the usual incremental run) the extraction tasks write their rows themselves, a blind append, and
+  only if another commit landed meanwhile the keys that two runs added at once are settled
+  (:mod:`ctlake.lake.commit`). When rows are replaced, the extracted rows are kept and MERGEd on the
+  key. Every input is read at the version seen at the start. What does not shrink with more
+  executors (each run's fixed part: Delta snapshots, the plan, the commit, the run record; ~3.5 s
+  here) is kept to a few small Spark jobs: see bench/README.md.
 
 The parameter set is a PyRadiomics YAML read as it is (:func:`ctlake.radiomics.load_params`);
 ``params_hash`` is the sha256 of its canonical JSON (:func:`canonical_params`).
@@ -342,7 +346,6 @@ def extract_radiomics(spark: SparkSession, cfg: Config, *, params_file: str | No
 
 def _run(spark: SparkSession, cfg: Config, ps: ParamSet, *, run_id: str, retry_failed: bool,
          partitions: int) -> dict:
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     t0 = time.monotonic()
@@ -353,11 +356,15 @@ def _run(spark: SparkSession, cfg: Config, ps: ParamSet, *, run_id: str, retry_f
     volumes_version = delta.version(spark, cfg.table_path(VOLUMES))
     # seen before the read of the done ROIs: a commit after it may be another run's (see the write)
     features_version = delta.version(spark, cfg.table_path(FEATURES))
-    rois = delta.read(spark, cfg, NODULES, as_of=nodules_version).filter(F.col("status") == "ok")
+    nodules = delta.read(spark, cfg, NODULES, as_of=nodules_version).filter(F.col("status") == "ok")
+    rois = nodules
     if features_version >= 0:
         # left join, not anti: the ROIs that already have a row (another nodule run, or failed with
-        # retry_failed) replace it, and when there are none the write is a cheaper append
-        done = delta.read(spark, cfg, FEATURES).filter(F.col("params_hash") == ps.params_hash) \
+        # retry_failed) replace it, and when there are none the write is a cheaper append. Pinned
+        # at the version seen, as the other inputs are (a plan over the table's latest state would
+        # also be re-planned by Spark after our own write to it)
+        done = delta.read(spark, cfg, FEATURES, as_of=features_version) \
+            .filter(F.col("params_hash") == ps.params_hash) \
             .select(F.col("roi_id"), F.col("nodule_run_id"), F.col("status").alias("done_status"))
         rois = rois.join(done, rois["nodule_id"] == done["roi_id"], "left")
         current = F.col("run_id").eqNullSafe(F.col("nodule_run_id"))
@@ -369,29 +376,26 @@ def _run(spark: SparkSession, cfg: Config, ps: ParamSet, *, run_id: str, retry_f
             .withColumn("_replaces", F.col("roi_id").isNotNull()).dropDuplicates(["nodule_id"])
     else:
         rois = rois.withColumn("_replaces", F.lit(False))
-    # kept: the plan and the extraction read the same ROI rows (one scan and join, not two)
-    rois = rois.select(*_NODULE_COLS, "_replaces").persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        return _extract_and_write(spark, cfg, ps, rois, run_id=run_id, t0=t0, partitions=partitions,
-                                  versions=(nodules_version, volumes_version, features_version))
-    finally:
-        rois.unpersist()
+    return _extract_and_write(spark, cfg, ps, rois, nodules.select(_NODULE_COLS), run_id=run_id, t0=t0,
+                              partitions=partitions, versions=(nodules_version, volumes_version, features_version))
 
 
-def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: DataFrame, *, run_id: str,
-                       t0: float, partitions: int, versions: tuple[int, int, int]) -> dict:
+def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: DataFrame, nodules: DataFrame, *,
+                       run_id: str, t0: float, partitions: int, versions: tuple[int, int, int]) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from ctlake.spark import local_frame
+
     nodules_version, volumes_version, features_version = versions
-    # the plan: one small row per ROI (series, crop z range, size) on the driver
+    # the plan: one small row per ROI to extract (series, crop z range, size) on the driver; a
+    # narrow read, the ROI rows themselves are read by the extraction
     pad = cfg.radiomics.pad_voxels
     oz, sz = F.col("mask_origin_zyx")[0], F.col("mask_shape_zyx")[0]
     box = F.aggregate(F.coalesce(F.col("mask_shape_zyx"), F.array(F.lit(0))), F.lit(1).cast("long"),
                       lambda acc, v: acc * v)
     plan = rois.select("nodule_id", "series_instance_uid", "_replaces", F.greatest(oz - pad, F.lit(0)).alias("z0"),
                        (oz + sz + pad).alias("z1"), box.alias("box")).collect()
-    rois = rois.select(_NODULE_COLS)
     per_series: dict[str, int] = {}
     for r in plan:
         per_series[r.series_instance_uid] = per_series.get(r.series_instance_uid, 0) + 1
@@ -404,10 +408,10 @@ def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: Dat
                 "extract_s": 0.0, "tasks_s": 0.0, "write_s": 0.0, "seconds": round(time.monotonic() - t0, 1)}
     n_parts = min(len(per_series), partitions or 2 * spark.sparkContext.defaultParallelism, MAX_PARTITIONS)
     placement = _placement(plan, n_parts)
+    part_of = dict(placement)
     if volumes_version >= 0:
-        ranges = spark.createDataFrame(
-            [(r.series_instance_uid, int(r.z0), int(r.z1)) for r in plan if r.z0 is not None and r.z1 is not None],
-            "r_series string, r_z0 int, r_z1 int")
+        crops = [(r.series_instance_uid, int(r.z0), int(r.z1)) for r in plan if r.z0 is not None and r.z1 is not None]
+        ranges = local_frame(spark, crops, "r_series string, r_z0 int, r_z1 int")
         slabs = delta.read(spark, cfg, VOLUMES, as_of=volumes_version).select(_SLAB_COLS)
         if len(per_series) <= _ISIN_LIMIT:   # lets Delta skip the files of other series (column statistics)
             slabs = slabs.filter(F.col("series_instance_uid").isin(sorted(per_series)))
@@ -421,36 +425,56 @@ def _extract_and_write(spark: SparkSession, cfg: Config, ps: ParamSet, rois: Dat
                      volumes_version=volumes_version, pad_voxels=pad)
     names = RADIOMICS_FEATURES.fieldNames()
     slabs_read = spark.sparkContext.accumulator(0)
+    ok_rows = spark.sparkContext.accumulator(0)
+    failed_rows = spark.sparkContext.accumulator(0)
 
     def per_series_udf(group: pd.DataFrame) -> pd.DataFrame:
         is_roi = group["_kind"] == "roi"
         slabs_read.add(int((~is_roi).sum()))
-        return rows_frame(extract_series_rois(group[is_roi], group[~is_roi], ps, ctx), names)
+        rows = extract_series_rois(group[is_roi], group[~is_roi], ps, ctx)
+        ok = sum(1 for r in rows if r["status"] == "ok")
+        ok_rows.add(ok)
+        failed_rows.add(len(rows) - ok)
+        return rows_frame(rows, names)
 
     # ROIs and their slabs in one frame (a _kind column tells them apart), each series sent to the
     # task its bin says: the key is chosen so that Spark's hash partitioning maps it there, and
-    # grouping by (key, series) keeps that partitioning (one shuffle)
-    keys = F.broadcast(spark.createDataFrame(placement, "series_instance_uid string, _part bigint"))
-    work = rois.withColumn("_kind", F.lit("roi")) \
-        .unionByName(slabs.withColumn("_kind", F.lit("slab")), allowMissingColumns=True) \
-        .join(keys, "series_instance_uid").repartition(n_parts, "_part")
+    # grouping by (key, series) keeps that partitioning (one shuffle). The ROI rows to extract are
+    # picked by a broadcast of the plan's ids, which carries their series' key too.
+    todo = local_frame(spark, sorted({(r.nodule_id, part_of[r.series_instance_uid]) for r in plan}),
+                       "nodule_id string, _part bigint")
+    keys = local_frame(spark, placement, "series_instance_uid string, _part bigint")
+    work = nodules.join(F.broadcast(todo), "nodule_id").withColumn("_kind", F.lit("roi")) \
+        .unionByName(slabs.join(F.broadcast(keys), "series_instance_uid").withColumn("_kind", F.lit("slab")),
+                     allowMissingColumns=True) \
+        .repartition(n_parts, "_part")
     out = work.groupBy("_part", "series_instance_uid").applyInPandas(per_series_udf, RADIOMICS_FEATURES)
-    out = out.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        t_tasks = time.monotonic()
-        counts = {r.status: r["count"] for r in out.groupBy("status").count().collect()}
-        t_extract = time.monotonic()
-        if replaces:    # rows to replace: an upsert
+    t_tasks = time.monotonic()
+    if replaces:
+        # rows to replace: an upsert, from the rows kept after one extraction (a MERGE reads its
+        # source twice, and extract_ms differs between two extractions)
+        out = out.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts = {r.status: r["count"] for r in out.groupBy("status").count().collect()}
+            t_extract = time.monotonic()
             written = delta.write(spark, cfg, out, FEATURES, mode="merge", count=False,
                                   deterministic_source=True).version
-        else:           # only new keys: a blind append, a race with another run settled after it
-            written, _ = commit.append_new(spark, cfg, out, FEATURES_SPEC, read_version=features_version,
-                                           keys=[r.nodule_id for r in plan], where=f"params_hash = '{ps.params_hash}'")
+        finally:
+            out.unpersist()
         t_write = time.monotonic()
-    finally:
-        out.unpersist()
+    else:
+        # only new keys: the extraction tasks write their rows themselves (a blind append: no
+        # second pass over kept rows), a race with another run is settled after it. The counts
+        # come from accumulators updated in the write's result tasks, which Spark applies once
+        # per partition (a retried task's updates are dropped)
+        written, _ = commit.append_new(spark, cfg, out, FEATURES_SPEC, read_version=features_version,
+                                       keys=[r.nodule_id for r in plan], where=f"params_hash = '{ps.params_hash}'")
+        t_extract = t_write = time.monotonic()
+        counts = {"ok": ok_rows.value, "failed": failed_rows.value}
+    # tasks_s: the extraction job (with "append" it also writes and commits the rows); write_s: the
+    # MERGE after it ("merge"), nothing left to do after it with "append"
     return {**base, "ok": counts.get("ok", 0), "failed": counts.get("failed", 0), "partitions": n_parts,
-            "slabs_read": slabs_read.value, FEATURES: written,
+            "slabs_read": slabs_read.value, FEATURES: written, "write": "merge" if replaces else "append",
             "extract_s": round(t_extract - t0, 2), "tasks_s": round(t_extract - t_tasks, 2),
             "write_s": round(t_write - t_extract, 2),
             "seconds": round(time.monotonic() - t0, 1)}
