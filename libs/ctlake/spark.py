@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 
+EXECUTOR_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
 def spark_conf(cfg: Config, *, app_name: str | None = None) -> dict[str, str]:
     """Every Spark setting ctlake applies for ``cfg`` (also used to build spark-submit lines)."""
     s = cfg.spark
@@ -44,6 +47,13 @@ def spark_conf(cfg: Config, *, app_name: str | None = None) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.warehouse.dir": f"{cfg.lake_root.rstrip('/')}/_warehouse",
+        # Executors run ctlake's compute in Python workers (numba kernels, pydicom) and native
+        # codecs; their JVM only moves rows. The C2 compiler still spends ~6 CPU-s per executor
+        # and job on that glue, on the executor's own core, against its Python worker (every
+        # executor compiles the same code again: it grows with the executors). C1 alone compiles
+        # in a fraction of that and the tasks' JVM time stays the same here (bench/README.md,
+        # radiomics scale-out). A profile's spark.conf may set other options instead.
+        "spark.executor.extraJavaOptions": EXECUTOR_JAVA_OPTIONS,
     }
     if s.local_ip:
         conf["spark.driver.host"] = s.local_ip
@@ -87,7 +97,7 @@ def get_spark(cfg: Config | None = None, *, app_name: str | None = None,
     if submitted_by_spark_submit():
         # spark-submit already chose master, memory and jars (see `ctlake spark-conf`): the
         # profile must not override the command line.
-        for key in ("spark.master", "spark.driver.memory", "spark.jars",
+        for key in ("spark.master", "spark.driver.memory", "spark.jars", "spark.executor.extraJavaOptions",
                     "spark.pyspark.python", "spark.pyspark.driver.python"):
             if not (extra_conf and key in extra_conf):
                 conf.pop(key, None)
