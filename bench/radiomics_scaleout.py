@@ -3,7 +3,7 @@ cluster with 2 one-core executors and with 1. Writes key ``scaleout_2v1`` (= tim
 time with 2, goal >= 1.8) and ``scaleout`` (the details) into bench/results/radiomics.json, keeping
 every other key of that file (bench/radiomics.py writes those).
 
-    .venv/bin/python bench/radiomics_scaleout.py [--series 32 --nodules 16 --masks 4 --repeats 2]
+    .venv/bin/python bench/radiomics_scaleout.py [--series 192 --nodules 16 --masks 4 --repeats 2]
 
 Needs the test profile's standalone cluster (`ctlake --profile test infra up spark`: a master at
 spark://127.0.0.1:17077, two workers with one core each); the executors run this venv's Python
@@ -15,10 +15,13 @@ in silver.ct_volumes slabs of 4 MiB (the volumes job's default), ``--nodules`` t
 nodules painted into each (diameters cycling through ``--diameters``), and ``--masks`` ROIs per
 nodule in gold.nodules (CTT1 mask crops): the mask as drawn, dilated by one voxel, eroded by one,
 dilated by two — the segmentation perturbations of a radiomics robustness study. The defaults give
-2048 ROIs of 30-60 mm (lung masses rather than small nodules): the engine needs only ~10-100 ms per
-ROI, so a few dozen ROIs leave the job dominated by its fixed Spark/Delta cost (about 25 small Spark
-jobs, ~10-40 s here) and say nothing about scale-out. Each timed run extracts every ROI (PyRadiomics
-default parameters: all classes, binWidth 25).
+a cohort of 192 series and 12288 ROIs of 30-60 mm (lung masses rather than small nodules; a reader
+study's 4 masks per nodule): one run is what the job is for, a whole cohort, about 4.5 min on one
+executor here. Each run also has a fixed part that more executors cannot shorten (~3 s: Delta
+snapshots, the plan, the commit, the run record), so a small input measures that part more than the
+scale-out: ``--series 32 --label small`` (2048 ROIs, written as ``scaleout_small``) shows how much.
+Each timed run extracts every ROI (PyRadiomics default parameters: all classes, binWidth 25); the
+input is written once (~3.5 min for the default) and reused.
 
 Timing: each run is a fresh Spark application (one process per run) with spark.cores.max = 1 or 2 and
 one-core executors; the clock covers one whole ``extract_radiomics`` call with PyRadiomics defaults
@@ -34,13 +37,15 @@ average to drop below ``--max-load``; the load is recorded beside each run, with
 executor found no free core (other processes on the same two cores), and the ratio measures the
 machine's load rather than the job.
 
-What limits the ratio: each run is the executors' stage (``tasks_s``: the slab shuffle and the
-per-series extraction tasks, which do scale) plus a fixed part (``fixed_s``: Delta snapshots of three
-tables, the plan, the append and the run record — about 30 small Spark jobs driven one after another
-by the driver, the same with 1 or 2 executors). ``tasks_2v1`` is the stage's own scale-out;
-``rois_for_goal`` projects from the measured parts how many ROIs one run needs before the whole
-run reaches the goal. ``--series 96 --lake <other> --label cohort`` measures a larger input beside
-the headline (written as ``scaleout_cohort``); bench/README.md lists the sizes measured so far.
+What limits the ratio: each run is the executors' stage (``tasks_s``: the extraction job — the slab
+shuffle and the per-series extraction tasks, which write their rows themselves, and the commit)
+plus a fixed part (``fixed_s``: Delta snapshots of three tables, the plan, the broadcast lookups and
+the run record — about ten small Spark jobs driven one after another by the driver, the same with 1
+or 2 executors). ``tasks_2v1`` is the stage's own scale-out; ``rois_for_goal`` projects from the
+measured parts how many ROIs one run needs before the whole run reaches the goal. ``--label NAME``
+writes ``scaleout_NAME`` beside the headline (another input size, kept in its own lake
+``<test lake>/bench/radiomics_scaleout_NAME`` unless ``--lake`` says otherwise); bench/README.md
+lists the sizes measured so far.
 """
 
 from __future__ import annotations
@@ -294,7 +299,7 @@ def write_results(entry: dict, label: str | None = None) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--series", type=int, default=32)
+    p.add_argument("--series", type=int, default=192, help="synthetic series (64 ROIs each with the defaults)")
     p.add_argument("--nodules", type=int, default=16, help="painted nodules per series")
     p.add_argument("--masks", type=int, default=4, choices=[1, 2, 3, 4],
                    help="ROIs per nodule: the mask as drawn, dilated 1, eroded 1, dilated 2 voxels")
@@ -302,15 +307,16 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (best is used)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--master", default=None, help="default: the test profile's standalone master")
-    p.add_argument("--lake", default=None, help="default: <test lake>/bench/radiomics_scaleout")
+    p.add_argument("--lake", default=None,
+                   help="default: <test lake>/bench/radiomics_scaleout (with --label L: radiomics_scaleout_L)")
     p.add_argument("--max-load", type=float, default=2.5,
                    help="before each run wait until the 1-minute load average is below this (default 2.5)")
     p.add_argument("--quiet-wait-s", type=float, default=600.0,
                    help="wait at most this long for --max-load, then run anyway (the load is recorded)")
     p.add_argument("--no-write", action="store_true", help="print the result, leave the JSON file alone")
     p.add_argument("--label", default=None,
-                   help="write the result as scaleout_<label> beside the headline (another input size; use "
-                        "its own --lake so that the default input is kept)")
+                   help="write the result as scaleout_<label> beside the headline (another input size, in its "
+                        "own lake)")
     p.add_argument("--prepare-only", action="store_true", help="write the input tables and stop")
     p.add_argument("--phase", choices=["prepare", "run"], help=argparse.SUPPRESS)
     p.add_argument("--executors", type=int, default=1, help=argparse.SUPPRESS)
@@ -322,7 +328,8 @@ def main() -> int:
     base = load_config("test", conf_dir=ROOT / "conf", environ={})
     master = args.master or f"spark://127.0.0.1:{base.services.spark.master_port}"
     webui = f"http://127.0.0.1:{base.services.spark.master_webui_port}"
-    lake = Path(args.lake) if args.lake else Path(base.lake_root) / "bench" / "radiomics_scaleout"
+    lake = Path(args.lake) if args.lake else \
+        Path(base.lake_root) / "bench" / ("radiomics_scaleout" + (f"_{args.label}" if args.label else ""))
     if args.phase == "prepare":
         print("RESULT " + json.dumps(prepare(lake, args.series, args.nodules, args.masks, args.diameters, args.seed)))
         return 0
@@ -362,15 +369,16 @@ def main() -> int:
     fixed = {k: min(x["fixed_s"] for x in runs if x["executors"] == k) for k in (1, 2)}
     c = _common()
     entry = {
-        "what": "ctlake process radiomics (extract_radiomics: Delta reads, per-series extraction tasks, MERGE, run "
-                "record) over the same ROIs on the standalone cluster, 1 vs 2 one-core executors; PyRadiomics "
-                "default parameters; best of the repeats; session start-up and a first-order-only warm-up run "
-                "of the job not timed",
+        "what": "ctlake process radiomics (extract_radiomics: Delta reads, the plan, per-series extraction tasks "
+                "that append their rows, the commit, the run record) over the same ROIs on the standalone "
+                "cluster, 1 vs 2 one-core executors; PyRadiomics default parameters; best of the repeats; "
+                "session start-up and a first-order-only warm-up run of the job not timed",
         "scaleout_2v1": round(best[1] / best[2], 3),
         "extract_phase_2v1": round(best_extract[1] / best_extract[2], 3),
-        # the run = a part that executors share (the extraction stage: slab shuffle + per-series
-        # tasks) and a fixed part that more executors cannot shorten (Delta snapshots and commits,
-        # the plan, ~30 small Spark jobs on the driver): Amdahl's law with the measured parts
+        # the run = a part that executors share (the extraction job: slab shuffle + per-series
+        # tasks that append their rows, the commit) and a fixed part that more executors cannot
+        # shorten (Delta snapshots, the plan, the run record: ~10 small Spark jobs on the driver):
+        # Amdahl's law with the measured parts
         "tasks_2v1": round(best_tasks[1] / best_tasks[2], 3), "tasks_s": best_tasks, "fixed_s": fixed,
         "rois_for_goal": _rois_for_goal(best_tasks, fixed, info["rois"]),
         "time_1_s": best[1], "time_2_s": best[2], "goal": GOAL, "meets_goal": best[1] / best[2] >= GOAL,
