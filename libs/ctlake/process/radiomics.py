@@ -25,7 +25,7 @@ How the work is laid out:
   only if another commit landed meanwhile the keys that two runs added at once are settled
   (:mod:`ctlake.lake.commit`). When rows are replaced, the extracted rows are kept and MERGEd on the
   key. Every input is read at the version seen at the start. What does not shrink with more
-  executors (each run's fixed part: Delta snapshots, the plan, the commit, the run record; ~3.5 s
+  executors (each run's fixed part: Delta snapshots, the plan, the commit, the run record; ~3 s
   here) is kept to a few small Spark jobs: see bench/README.md.
 
 The parameter set is a PyRadiomics YAML read as it is (:func:`ctlake.radiomics.load_params`);
