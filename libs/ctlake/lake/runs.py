@@ -21,12 +21,14 @@ def utcnow() -> dt.datetime:
 
 def record_run(spark: SparkSession, cfg: Config, *, run_id: str, job: str, started: dt.datetime,
                status: str, rows_in: int, rows_out: int, output_versions: dict, params: dict,
-               error: str | None = None, txn: tuple[str, int] | None = None) -> None:
+               error: str | None = None, txn: tuple[str, int] | None = None,
+               input_versions: dict | None = None) -> None:
     """Append one ``ops.pipeline_runs`` row. ``txn`` = (app id, version): Delta skips the append
-    when that pair was already committed, so a replayed micro-batch records its run once."""
+    when that pair was already committed, so a replayed micro-batch records its run once.
+    ``input_versions``: table -> Delta version the run read (default: none recorded)."""
     ended = utcnow()
     row = [(run_id, job, status, started, ended, (ended - started).total_seconds(), rows_in, rows_out,
-            {}, output_versions, json.dumps(params, default=str), error, cfg.profile)]
+            input_versions or {}, output_versions, json.dumps(params, default=str), error, cfg.profile)]
     from ctlake.spark import local_frame
 
     # a local relation: the append is one task and starts no Python worker

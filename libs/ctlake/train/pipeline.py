@@ -125,16 +125,12 @@ def _log_inputs(mlflow, snap: tdata.Snapshot, splits=("train", "validation", "te
 
 def _record_run(spark: SparkSession, cfg: Config, *, job: str, run_id: str, started, status: str, rows_in: int,
                 rows_out: int, inputs: dict, outputs: dict, params: dict, error: str | None = None) -> None:
-    """ops.pipeline_runs row with the inputs' Delta versions (lake.runs.record_run has no inputs)."""
-    from ctlake.lake.runs import utcnow
-    from ctlake.lake.schemas import PIPELINE_RUNS
+    """ops.pipeline_runs row with the inputs' Delta versions (an input without a version is left out)."""
+    from ctlake.lake.runs import record_run
 
-    ended = utcnow()
-    row = [(run_id, job, status, started, ended, (ended - started).total_seconds(), rows_in, rows_out,
-            {k: int(v) for k, v in inputs.items() if v is not None}, {k: int(v) for k, v in outputs.items()},
-            json.dumps(params, default=str), error, cfg.profile)]
-    delta.write(spark, cfg, spark.createDataFrame(row, PIPELINE_RUNS), "ops.pipeline_runs", mode="append",
-                count=False)
+    record_run(spark, cfg, run_id=run_id, job=job, started=started, status=status, rows_in=rows_in,
+               rows_out=rows_out, input_versions={k: int(v) for k, v in inputs.items() if v is not None},
+               output_versions={k: int(v) for k, v in outputs.items()}, params=params, error=error)
 
 
 def _cfg_for(cfg: Config, kind: str, size_name: str, feature_names=(), params_hash=None) -> Config:
